@@ -1,0 +1,1 @@
+"""Mappers: placing a model in PIM banks and generating decode-step programs."""

@@ -1,0 +1,5 @@
+import sys
+
+from pimsim.cli import main
+
+sys.exit(main())

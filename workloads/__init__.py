@@ -1,0 +1,1 @@
+"""Workload traces recorded from real autoregressive models."""
