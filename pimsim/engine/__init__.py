@@ -1,0 +1,209 @@
+"""The cycle-accurate channel engine.
+
+:func:`issue` issues one channel's command stream, :func:`issue_channels` many channels
+(independent streams, or one stream driving all channels in lock-step). Both validate
+their inputs, compile the spec once (:func:`compiled`), and run the numba kernel or, with
+``backend="python"``, its pure-Python twin. :func:`check` runs the independent protocol
+checker on any log.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from pimsim.config import DramSpec
+from pimsim.engine.cmdfile import CommandStream, validate
+from pimsim.engine.compile import CompiledTiming, compile_timing
+from pimsim.errors import PimsimError
+from pimsim.standard import COMMANDS, N_COMMANDS
+
+__all__ = ["CommandStream", "IssueResult", "issue", "issue_channels", "compiled", "check",
+           "merge_log", "BACKENDS"]
+
+BACKENDS = ("numba", "python")
+
+
+@dataclass(frozen=True, eq=False)
+class IssueResult:
+    """What the engine returns for one channel."""
+
+    #: Issue cycle of every input command (relative to cycle 0).
+    cycles: np.ndarray
+    #: Commands issued per type, inserted refresh and re-activations included.
+    counts: dict[str, int]
+    #: Commands the engine inserted (refresh, precharge before it, re-activation after it):
+    #: ``before`` is the index of the input command they precede.
+    inserted: dict[str, np.ndarray]
+    #: Cycles by which refresh delayed the input commands, summed.
+    refresh_stall_cycles: int
+
+    @property
+    def last_cycle(self) -> int:
+        ins = self.inserted["cycle"]
+        last = int(self.cycles[-1]) if self.cycles.size else -1
+        return max(last, int(ins.max()) if ins.size else -1)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_cached(spec: DramSpec) -> CompiledTiming:
+    return compile_timing(spec)
+
+
+def compiled(spec: DramSpec) -> CompiledTiming:
+    """The kernel inputs of a spec (compiled once per spec)."""
+    try:
+        return _compiled_cached(spec)
+    except TypeError:  # unhashable (should not happen for loader-built specs)
+        return compile_timing(spec)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise PimsimError(f"unknown engine backend {backend!r} (known: {', '.join(BACKENDS)})")
+
+
+def _validate(spec: DramSpec, stream: CommandStream) -> None:
+    validate(stream, bankgroups=spec.bankgroups, banks_per_bankgroup=spec.banks_per_bankgroup,
+             rows=spec.rows, columns=spec.columns, gb_slots=spec.gb_slots,
+             commands=spec.commands, what=f" of {spec.name}")
+
+
+def _status_error(status: int, spec: DramSpec) -> PimsimError:
+    return PimsimError(f"{spec.name}: refresh cannot make progress (nREFI "
+                       f"{spec.timing.get('nREFI')} too short for the stream; status {status})")
+
+
+def issue(spec: DramSpec, stream: CommandStream, *, backend: str = "numba",
+          validate_stream: bool = True, _ct: CompiledTiming | None = None) -> IssueResult:
+    """Issue one channel's stream at the earliest legal cycles under ``spec``."""
+    _check_backend(backend)
+    if validate_stream:
+        _validate(spec, stream)
+    ct = _ct if _ct is not None else compiled(spec)
+    n = len(stream)
+    cap = 64 + n // 8
+    while True:
+        cycles = np.zeros(n, dtype=np.int64)
+        counts = np.zeros(N_COMMANDS, dtype=np.int64)
+        ins = {k: np.zeros(cap, dtype=np.int64) for k in ("before", "cmd", "bg", "ba", "row", "cycle")}
+        args = ct.kernel_args() + (stream.cmd, stream.bg, stream.ba, stream.row, ct.refresh,
+                                   ct.refresh_interval, ct.refresh_first_due, cycles,
+                                   ins["before"], ins["cmd"], ins["bg"], ins["ba"], ins["row"],
+                                   ins["cycle"], counts)
+        if backend == "numba":
+            from pimsim.engine.kernel import run_channel
+            status, n_ins, stall = run_channel(*args)
+        else:
+            from pimsim.engine import twin
+            status, n_ins, stall = twin.run_channel(*args, records=ct)
+        if status == -1:
+            cap *= 4
+            continue
+        if status != 0:
+            raise _status_error(status, spec)
+        break
+    inserted = {k: v[:n_ins].copy() for k, v in ins.items()}
+    inserted["col"] = np.full(n_ins, -1, dtype=np.int64)
+    return IssueResult(cycles=cycles, counts=dict(zip(COMMANDS, counts.tolist())),
+                       inserted=inserted, refresh_stall_cycles=int(stall))
+
+
+def issue_channels(spec: DramSpec, streams: CommandStream | list[CommandStream], *,
+                   channels: int | None = None, refresh_phases: list[int] | None = None,
+                   validate_stream: bool = True) -> list[IssueResult]:
+    """Issue several channels at once (numba, channels in parallel).
+
+    ``streams`` is one stream per channel, or a single stream that drives ``channels``
+    channels in lock-step (default: the spec's channel count). ``refresh_phases`` gives each
+    channel's refresh phase in cycles (default: the spec's phase for every channel).
+    """
+    from pimsim.engine.kernel import run_channels
+
+    if isinstance(streams, CommandStream):
+        k = spec.channels if channels is None else channels
+        if validate_stream:
+            _validate(spec, streams)
+        n = len(streams)
+        cmd, bg, ba, row = streams.cmd, streams.bg, streams.ba, streams.row
+        starts = np.zeros(k, dtype=np.int64)
+        lengths = np.full(k, n, dtype=np.int64)
+    else:
+        k = len(streams)
+        if channels is not None and channels != k:
+            raise PimsimError(f"{k} streams given for {channels} channels")
+        if validate_stream:
+            for s in streams:
+                _validate(spec, s)
+        lengths = np.array([len(s) for s in streams], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        cmd, bg, ba, row = (np.concatenate([getattr(s, f) for s in streams]) if k else
+                            np.zeros(0, dtype=np.int64) for f in ("cmd", "bg", "ba", "row"))
+    if k == 0:
+        return []
+    out_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    ct = compiled(spec)
+    phases = refresh_phases if refresh_phases is not None else [spec.refresh_phase_cycles] * k
+    if len(phases) != k:
+        raise PimsimError(f"{len(phases)} refresh phases given for {k} channels")
+    if ct.refresh_interval:
+        first_due = np.array([ct.refresh_interval - p % ct.refresh_interval for p in phases], dtype=np.int64)
+    else:
+        first_due = np.zeros(k, dtype=np.int64)
+    cap = 64 + int(lengths.max()) // 8
+    while True:
+        cycles = np.zeros(int(lengths.sum()), dtype=np.int64)
+        counts = np.zeros((k, N_COMMANDS), dtype=np.int64)
+        ins = {f: np.zeros((k, cap), dtype=np.int64) for f in ("before", "cmd", "bg", "ba", "row", "cycle")}
+        status = np.zeros(k, dtype=np.int64)
+        n_ins = np.zeros(k, dtype=np.int64)
+        stall = np.zeros(k, dtype=np.int64)
+        run_channels(*ct.kernel_args(), cmd, bg, ba, row, starts, lengths, out_starts,
+                     ct.refresh, ct.refresh_interval, first_due, cycles, ins["before"],
+                     ins["cmd"], ins["bg"], ins["ba"], ins["row"], ins["cycle"], counts,
+                     status, n_ins, stall)
+        if (status == -1).any():
+            cap *= 4
+            continue
+        bad = status[status != 0]
+        if bad.size:
+            raise _status_error(int(bad[0]), spec)
+        break
+    results = []
+    for c in range(k):
+        m = int(n_ins[c])
+        inserted = {f: ins[f][c, :m].copy() for f in ins}
+        inserted["col"] = np.full(m, -1, dtype=np.int64)
+        o = out_starts[c]
+        results.append(IssueResult(cycles=cycles[o:o + lengths[c]].copy(),
+                                   counts=dict(zip(COMMANDS, counts[c].tolist())),
+                                   inserted=inserted, refresh_stall_cycles=int(stall[c])))
+    return results
+
+
+def merge_log(stream: CommandStream, result: IssueResult) -> tuple[np.ndarray, CommandStream]:
+    """The full issued log (input and inserted commands) in issue order."""
+    ins = result.inserted
+    n, m = len(stream), ins["cycle"].size
+    if m == 0:
+        return result.cycles, stream
+    # inserted command j goes before input command ins["before"][j], after earlier inserted ones
+    pos = np.concatenate([np.arange(n) * 2 + 1, ins["before"] * 2])
+    order = np.argsort(pos, kind="stable")
+    cat = lambda a, b: np.concatenate([a, b])[order]  # noqa: E731
+    merged = CommandStream(cmd=cat(stream.cmd, ins["cmd"]), bg=cat(stream.bg, ins["bg"]),
+                           ba=cat(stream.ba, ins["ba"]), row=cat(stream.row, ins["row"]),
+                           col=cat(stream.col, ins["col"]), source=stream.source)
+    assert merged.cmd.size == n + m
+    return cat(result.cycles, ins["cycle"]), merged
+
+
+def check(spec: DramSpec, cycles: np.ndarray, stream: CommandStream, *, state: bool = True,
+          limit: int | None = None):
+    """Protocol-check a log; returns the list of violations (empty when clean)."""
+    from pimsim.engine.checker import check_log
+
+    return check_log(spec, cycles, stream.cmd, stream.bg, stream.ba, stream.row, stream.col,
+                     state=state, limit=limit)
