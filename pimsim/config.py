@@ -26,7 +26,6 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
@@ -79,6 +78,34 @@ REFRESH_POLICIES = ("off", "ab", "pb")
 
 
 # ----------------------------------------------------------------------------- spec types
+
+class FrozenMap(Mapping):
+    """An immutable, hashable mapping (specs are hashed to cache their compiled form)."""
+
+    __slots__ = ("_d", "_h")
+
+    def __init__(self, items: Mapping | Iterable = ()):
+        self._d = dict(items)
+        self._h = hash(tuple(sorted(self._d.items())))
+
+    def __getitem__(self, key):
+        return self._d[key]
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and dict(self._d) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._d!r})"
+
 
 @dataclass(frozen=True)
 class DramSpec:
@@ -230,6 +257,8 @@ class Param:
             if not _is_number(value):
                 raise ctx.err(path, f"must be a number{unit}, got {value!r}")
         elif self.kind == "choice":
+            if value is False and "off" in self.choices:
+                value = "off"  # YAML 1.1 reads an unquoted off as false
             if value not in self.choices:
                 raise ctx.err(path, f"must be one of {', '.join(self.choices)}, got {value!r}")
             return value
@@ -290,13 +319,16 @@ def _check_refresh_timing(timing: Mapping[str, int], policy: str, banks: int, wh
                               f"{interval} cycles must exceed nRFCpb ({timing.get('nRFCpb')})")
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path, label: str) -> Any:
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f" at line {mark.line + 1}" if mark is not None else ""
@@ -474,7 +506,7 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
         name=doc["preset"], standard=standard.name, channels=org["channels"],
         bankgroups=org["bankgroups"], banks_per_bankgroup=org["banks_per_bankgroup"],
         rows=org["rows"], columns=org["columns"], column_bytes=org["column_bytes"],
-        gb_slots=gb_slots, tCK_ps=clk["tCK_ps"], timing=MappingProxyType(dict(sorted(timing.items()))),
+        gb_slots=gb_slots, tCK_ps=clk["tCK_ps"], timing=FrozenMap(sorted(timing.items())),
         constraints=constraints, commands=standard.commands,
         tmod_lookahead=standard.tmod_lookahead, refresh_policy=ref["policy"],
         refresh_phase_cycles=ref.get("phase_cycles", 0),
@@ -484,7 +516,7 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
         name=doc["preset"], description=str(doc.get("description", "")), dram=dram,
         clock=ClockSpec(**clk),
         pim=PimSpec(**pim) if pim is not None else None,
-        sources=MappingProxyType({str(k): str(v) for k, v in sources.items()}), origin=ctx.origin,
+        sources=FrozenMap({str(k): str(v) for k, v in sources.items()}), origin=ctx.origin,
     )
 
 
@@ -608,7 +640,7 @@ def load_timing_file(path: str | Path) -> DramSpec:
         name=str(doc["preset"]), standard=f"timing-file:{doc['preset']}", channels=1,
         bankgroups=org["bankgroups"], banks_per_bankgroup=org["banks_per_bankgroup"],
         rows=org["rows"], columns=org["columns"], column_bytes=org["bytes_per_column"],
-        gb_slots=org["columns"], tCK_ps=tck, timing=MappingProxyType(dict(sorted(timing.items()))),
+        gb_slots=org["columns"], tCK_ps=tck, timing=FrozenMap(sorted(timing.items())),
         constraints=tuple(constraints), commands=commands,
         tmod_lookahead="tmod_lookahead" in effects, refresh_policy="off",
         read_latency=int(doc.get("read_latency", timing.get("nCL", 0) + timing.get("nBL", 0))),

@@ -231,7 +231,7 @@ def load_standard(name: str) -> Standard:
         raise ConfigError(f"unknown standard {name!r} (known: {', '.join(standard_names())})")
     path = importlib.resources.files("pimsim.standards") / f"{name}.yaml"
     where = f"standards/{name}.yaml"
-    data = yaml.safe_load(path.read_text())
+    data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     allowed = {"name", "description", "source", "commands", "constraints", "extends",
                "remove", "add", "tmod_lookahead"}
     unknown = set(data) - allowed

@@ -1,0 +1,135 @@
+"""Presets, overrides and timing files: valid ones load; bad ones name file, key and value."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pimsim.config import (
+    load_preset, load_timing_file, preset_leaf_keys, preset_names, preset_path, recognised_quirks,
+)
+from pimsim.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def test_bundled_presets_load_and_every_value_has_a_source():
+    assert {"pim-gpt", "gddr6-aim", "gddr6-14000"} <= set(preset_names())
+    for name in preset_names():
+        spec = load_preset(name)
+        keys = preset_leaf_keys(name)
+        missing = [k for k in keys if k not in ("standard",) and not spec.sources.get(k)]
+        assert not missing, f"{name}: no source for {missing}"
+        extra = set(spec.sources) - set(keys)
+        assert not extra, f"{name}: sources for keys the preset lacks: {extra}"
+
+
+def test_pim_gpt_defaults():
+    spec = load_preset("pim-gpt")
+    d = spec.dram
+    assert (d.channels, d.banks, d.row_bytes, d.column_bytes) == (8, 16, 2048, 32)
+    assert d.tCK_ps == 500 and spec.clock.data_rate_Gbps == 16 and spec.pim.clock_MHz == 1000
+    assert d.refresh_policy == "ab"
+    # refresh values are the GDDR6-14000 times (570 ps cycles) re-expressed in 500 ps cycles
+    ref = load_preset("gddr6-14000").dram
+    for key in ("nRFCab", "nRFCpb", "nRREFD"):
+        assert d.timing[key] * 500 >= ref.timing[key] * 570 > (d.timing[key] - 1) * 500
+    assert d.timing["nREFI"] * 500 <= ref.timing["nREFI"] * 570 < (d.timing["nREFI"] + 1) * 500
+    # MAC16 every 2 cycles of 500 ps = one 1 GHz PIM cycle
+    assert d.timing["nMAC"] * d.tCK_ps == 10**6 // int(spec.pim.clock_MHz)
+
+
+def test_digest_is_stable_and_tracks_values():
+    a, b = load_preset("pim-gpt"), load_preset("pim-gpt")
+    assert a.digest == b.digest
+    assert load_preset("pim-gpt", ["timing.nRP=33"]).digest != a.digest
+
+
+def test_override_goes_through_validation():
+    assert load_preset("pim-gpt", ["timing.nRP=30"]).dram.timing["nRP"] == 30
+    assert load_preset("pim-gpt", ["refresh.policy=off"]).dram.refresh_policy == "off"
+    assert load_preset("pim-gpt", ["organization.channels=16"]).dram.channels == 16
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ("timing.nRP=-3", r"--set timing.nRP=-3: must be a non-negative integer \(cycles\), got -3"),
+    ("timing.nRP=3.5", r"--set timing.nRP=3.5: .*got 3.5"),
+    ("timing.nXYZ=3", r"--set timing.nXYZ=3: unknown timing parameter"),
+    ("timing.nMAC=3", r"--set timing.nMAC=3: is derived"),
+    ("organization.channels=0", r"--set organization.channels=0: must be positive.*got 0"),
+    ("organization.banks=4", r"--set organization.banks=4: unknown key"),
+    ("clock.tCK_ps=0.5ns", r"--set clock.tCK_ps=0.5ns: must be an integer \(ps\), got '0.5ns'"),
+    ("pim.mac_lanes=3", r"--set pim.mac_lanes=3: 3 lanes do not divide the 16 BF16 values"),
+    ("organization.row_bytes=4096", r"--set organization.row_bytes=4096: 4096 is not columns x column_bytes"),
+    ("refresh.policy=sometimes", r"--set refresh.policy=sometimes: must be one of off, ab, pb"),
+    ("timing.nREFI=100", r"refresh.*nRFCab.*must be shorter than nREFI \(100\)"),
+    ("nRP", r"--set nRP: expected KEY=VALUE"),
+    ("timing..nRP=3", r"malformed key"),
+    ("standard=ddr9", r"unknown standard 'ddr9'"),
+])
+def test_bad_overrides(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_preset("pim-gpt", [override])
+
+
+def _write_preset(tmp_path, mutate):
+    doc = yaml.safe_load(preset_path("pim-gpt")[0].read_text())
+    mutate(doc)
+    p = tmp_path / "my.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+@pytest.mark.parametrize("mutate,pattern", [
+    (lambda d: d["timing"].pop("nRCDRDMAC"), r"my.yaml: timing.nRCDRDMAC: missing"),
+    (lambda d: d.pop("pim"), r"my.yaml: pim: missing section"),
+    (lambda d: d["organization"].pop("rows"), r"my.yaml: organization.rows: missing key"),
+    (lambda d: d.update(colour="blue"), r"my.yaml: colour: unknown key"),
+    (lambda d: d["pim"].update(global_buffer_bytes=100), r"my.yaml: pim.global_buffer_bytes: 100 is not a multiple"),
+    (lambda d: d["clock"].update(data_rate_Gbps=True), r"my.yaml: clock.data_rate_Gbps: must be a number"),
+])
+def test_bad_preset_files(tmp_path, mutate, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_preset(_write_preset(tmp_path, mutate))
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("preset: x\ntiming:\n  nRP: [1,\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: malformed YAML at line \d+"):
+        load_preset(p)
+
+
+def test_unknown_preset_name():
+    with pytest.raises(ConfigError, match=r"unknown preset 'nope' \(bundled: .*pim-gpt"):
+        load_preset("nope")
+
+
+def test_timing_file_errors(tmp_path, refdata):
+    src = next((refdata / "dram").glob("*.timing.yaml")).read_text()
+
+    def write(text):
+        p = tmp_path / "t.timing.yaml"
+        p.write_text(text)
+        return p
+
+    with pytest.raises(ConfigError, match=r"t.timing.yaml: constraints\[0\].cycles: 3 disagrees with its formula"):
+        load_timing_file(write(src.replace("cycles: 2, formula: \"max(nBL, nCCDS)\"", "cycles: 3, formula: \"max(nBL, nCCDS)\"", 1)))
+    with pytest.raises(ConfigError, match=r"t.timing.yaml: constraints\[0\].from: unknown command 'RDX'"):
+        load_timing_file(write(src.replace("{from: [RD]", "{from: [RDX]", 1)))
+    with pytest.raises(ConfigError, match=r"t.timing.yaml: timing.nFOO: unknown timing parameter"):
+        load_timing_file(write(src.replace("  nBL:    2", "  nFOO:    2", 1)))
+    with pytest.raises(ConfigError, match=r"t.timing.yaml: constraints\[0\].scope: must be one of"):
+        load_timing_file(write(src.replace("scope: channel", "scope: rank", 1)))
+    with pytest.raises(ConfigError, match=r"no such timing file"):
+        load_timing_file(tmp_path / "missing.timing.yaml")
+
+
+def test_timing_file_quirks_change_behaviour(refdata):
+    pim = load_timing_file(next((refdata / "pim").glob("*.timing.yaml")))
+    dram = load_timing_file(next((refdata / "dram").glob("*.timing.yaml")))
+    assert pim.tmod_lookahead and not dram.tmod_lookahead
+    assert not any(c.window for c in pim.constraints)        # "no four-activate window"
+    assert any(c.window for c in dram.constraints)
+    assert {"tmod_lookahead", "no_faw", "refresh_off"} <= recognised_quirks(pim.quirks)
+    assert "refresh_ab" in recognised_quirks(dram.quirks)
