@@ -67,7 +67,7 @@ def _earliest(c, bgi, bai, prev, nx, n_bg, bpg, addr_all, win_to, win_lat, win_s
 
 @njit(cache=True, inline="always")
 def _apply(c, bgi, bai, t, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr,
-           all_to, all_lat, win_from, win_size, ring, wcount, whead):
+           all_to, all_lat, win_from, win_size, ring, wcount, whead, has_win_from):
     if addr_all[c]:
         for k in range(all_ptr[c], all_ptr[c + 1]):
             b = all_to[k]
@@ -96,6 +96,12 @@ def _apply(c, bgi, bai, t, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat, al
                 nx[rb, b] = v
             if v > nx[1, b]:
                 nx[1, b] = v
+    if has_win_from[c]:
+        _apply_windows(c, t, win_from, win_size, ring, wcount, whead)
+
+
+@njit(cache=True, inline="always")
+def _apply_windows(c, t, win_from, win_size, ring, wcount, whead):
     for w in range(win_from.shape[0]):
         if win_from[w, c]:
             ring[w, whead[w]] = t
@@ -119,8 +125,14 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
     ring = np.zeros((max(nw, 1), maxw), dtype=np.int64)
     wcount = np.zeros(max(nw, 1), dtype=np.int64)
     whead = np.zeros(max(nw, 1), dtype=np.int64)
+    has_win_from = np.zeros(NC, dtype=np.uint8)
+    for w in range(nw):
+        for k in range(NC):
+            if win_from[w, k]:
+                has_win_from[k] = 1
     open_row = np.full(n_banks, -1, dtype=np.int64)
     reopen = np.full(n_banks, -1, dtype=np.int64)
+    n_reopen = 0  # banks with a pending re-activation (reopen >= 0)
     cap = ins_pos.shape[0]
     prev = -1
     due = first_due
@@ -132,61 +144,112 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
         bgi = bg[i]
         bai = ba[i]
         r = row[i]
-        t0 = -1
-        guard = 0
-        while True:
-            guard += 1
-            if guard > 4 * n_banks + 64:
-                return STATUS_NO_PROGRESS, n_ins, stall
-            t = _earliest(c, bgi, bai, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
-                          win_size, has_win_to, ring, wcount, whead)
-            if c == TMOD and tmod_lookahead and i + 1 < n:
-                t2 = _earliest(cmd[i + 1], bg[i + 1], ba[i + 1], prev, nx, n_bg, bpg, addr_all,
-                               win_to, win_lat, win_size, has_win_to, ring, wcount, whead)
-                if t2 > t:
-                    t = t2
-            if t0 < 0:
-                t0 = t
-            if refresh != 0 and t >= due:
-                # the refresh's next command: precharge (if needed) or the refresh itself
-                if refresh == 1:
-                    pre_needed = False
-                    for k in range(n_banks):
-                        if open_row[k] >= 0:
-                            pre_needed = True
-                    nc, nbg, nba = (PREA, -1, -1) if pre_needed else (REFAB, -1, -1)
-                else:
-                    pre_needed = open_row[rr] >= 0
-                    nbg = rr // bpg
-                    nba = rr % bpg
-                    nc = PRE if pre_needed else REFPB
-                tr = _earliest(nc, nbg, nba, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
-                               win_size, has_win_to, ring, wcount, whead)
-                if tr < due:
-                    tr = due
-                if is_column[c] and t < tr:
-                    ready = True
-                    if addr_all[c]:
-                        for k in range(n_banks):
-                            if open_row[k] != r:
-                                ready = False
-                    elif open_row[bgi * bpg + bai] != r:
-                        ready = False
-                    if ready:
-                        break
-                if n_ins + 2 > cap:
-                    return STATUS_OVERFLOW, n_ins, stall
-                if pre_needed:
+        # Fast path (most commands): no refresh due, no re-activation pending, not a TMOD
+        # with lookahead. Same arithmetic as _earliest/_apply, written out for speed.
+        t = prev + 1
+        v = nx[0, c]
+        if v > t:
+            t = v
+        if addr_all[c]:
+            v = nx[1, c]
+            if v > t:
+                t = v
+        else:
+            v = nx[2 + bgi, c]
+            if v > t:
+                t = v
+            v = nx[2 + n_bg + bgi * bpg + bai, c]
+            if v > t:
+                t = v
+        fast = not has_win_to[c] and not (c == TMOD and tmod_lookahead)
+        if fast and (refresh == 0 or t < due) and not (is_column[c] and n_reopen > 0):
+            if addr_all[c]:
+                for k in range(all_ptr[c], all_ptr[c + 1]):
+                    b = all_to[k]
+                    v = t + all_lat[k]
+                    if v > nx[0, b]:
+                        nx[0, b] = v
+                if has_win_from[c]:
+                    _apply_windows(c, t, win_from, win_size, ring, wcount, whead)
+            else:
+                _apply(c, bgi, bai, t, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
+                       all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead,
+                       has_win_from)
+            t0 = t
+        else:
+            t0 = -1
+            guard = 0
+            while True:
+                guard += 1
+                if guard > 4 * n_banks + 64:
+                    return STATUS_NO_PROGRESS, n_ins, stall
+                t = _earliest(c, bgi, bai, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
+                              win_size, has_win_to, ring, wcount, whead)
+                if c == TMOD and tmod_lookahead and i + 1 < n:
+                    t2 = _earliest(cmd[i + 1], bg[i + 1], ba[i + 1], prev, nx, n_bg, bpg, addr_all,
+                                   win_to, win_lat, win_size, has_win_to, ring, wcount, whead)
+                    if t2 > t:
+                        t = t2
+                if t0 < 0:
+                    t0 = t
+                if refresh != 0 and t >= due:
+                    # the refresh's next command: precharge (if needed) or the refresh itself
                     if refresh == 1:
+                        pre_needed = False
                         for k in range(n_banks):
                             if open_row[k] >= 0:
-                                reopen[k] = open_row[k]
-                                open_row[k] = -1
+                                pre_needed = True
+                        nc, nbg, nba = (PREA, -1, -1) if pre_needed else (REFAB, -1, -1)
                     else:
-                        reopen[rr] = open_row[rr]
-                        open_row[rr] = -1
+                        pre_needed = open_row[rr] >= 0
+                        nbg = rr // bpg
+                        nba = rr % bpg
+                        nc = PRE if pre_needed else REFPB
+                    tr = _earliest(nc, nbg, nba, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
+                                   win_size, has_win_to, ring, wcount, whead)
+                    if tr < due:
+                        tr = due
+                    if is_column[c] and t < tr:
+                        ready = True
+                        if addr_all[c]:
+                            for k in range(n_banks):
+                                if open_row[k] != r:
+                                    ready = False
+                        elif open_row[bgi * bpg + bai] != r:
+                            ready = False
+                        if ready:
+                            break
+                    if n_ins + 2 > cap:
+                        return STATUS_OVERFLOW, n_ins, stall
+                    if pre_needed:
+                        if refresh == 1:
+                            for k in range(n_banks):
+                                if open_row[k] >= 0:
+                                    reopen[k] = open_row[k]
+                                    open_row[k] = -1
+                                    n_reopen += 1
+                        else:
+                            reopen[rr] = open_row[rr]
+                            open_row[rr] = -1
+                            n_reopen += 1
+                        _apply(nc, nbg, nba, tr, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
+                               all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead, has_win_from)
+                        ins_pos[n_ins] = i
+                        ins_cmd[n_ins] = nc
+                        ins_bg[n_ins] = nbg
+                        ins_ba[n_ins] = nba
+                        ins_row[n_ins] = -1
+                        ins_cycle[n_ins] = tr
+                        n_ins += 1
+                        counts[nc] += 1
+                        prev = tr
+                        nc = REFAB if refresh == 1 else REFPB
+                        tr = _earliest(nc, nbg, nba, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
+                                       win_size, has_win_to, ring, wcount, whead)
+                        if tr < due:
+                            tr = due
                     _apply(nc, nbg, nba, tr, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
-                           all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead)
+                           all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead, has_win_from)
                     ins_pos[n_ins] = i
                     ins_cmd[n_ins] = nc
                     ins_bg[n_ins] = nbg
@@ -196,97 +259,81 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
                     n_ins += 1
                     counts[nc] += 1
                     prev = tr
-                    nc = REFAB if refresh == 1 else REFPB
-                    tr = _earliest(nc, nbg, nba, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
-                                   win_size, has_win_to, ring, wcount, whead)
-                    if tr < due:
-                        tr = due
-                _apply(nc, nbg, nba, tr, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
-                       all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead)
-                ins_pos[n_ins] = i
-                ins_cmd[n_ins] = nc
-                ins_bg[n_ins] = nbg
-                ins_ba[n_ins] = nba
-                ins_row[n_ins] = -1
-                ins_cycle[n_ins] = tr
-                n_ins += 1
-                counts[nc] += 1
-                prev = tr
-                if refresh == 2:
-                    rr = (rr + 1) % n_banks
-                due += interval
-                continue
-            if is_column[c]:
-                # re-open rows that an inserted refresh closed
-                ac = -1
-                abg = -1
-                aba = -1
-                arow = -1
-                if addr_all[c]:
-                    same = supported[ACT16] != 0
-                    r0 = reopen[0]
-                    for k in range(n_banks):
-                        if open_row[k] >= 0 or reopen[k] != r0:
-                            same = False
-                    if same and r0 >= 0:
-                        ac = ACT16
-                        arow = r0
-                    else:
-                        for k in range(n_banks):
-                            if open_row[k] < 0 and reopen[k] >= 0:
-                                ac = ACT
-                                abg = k // bpg
-                                aba = k % bpg
-                                arow = reopen[k]
-                                break
-                else:
-                    k = bgi * bpg + bai
-                    if open_row[k] < 0 and reopen[k] >= 0:
-                        ac = ACT
-                        abg = bgi
-                        aba = bai
-                        arow = reopen[k]
-                if ac >= 0:
-                    if n_ins + 1 > cap:
-                        return STATUS_OVERFLOW, n_ins, stall
-                    ta = _earliest(ac, abg, aba, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
-                                   win_size, has_win_to, ring, wcount, whead)
-                    _apply(ac, abg, aba, ta, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
-                           all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead)
-                    if ac == ACT16:
-                        for k in range(n_banks):
-                            open_row[k] = arow
-                            reopen[k] = -1
-                    else:
-                        open_row[abg * bpg + aba] = arow
-                        reopen[abg * bpg + aba] = -1
-                    ins_pos[n_ins] = i
-                    ins_cmd[n_ins] = ac
-                    ins_bg[n_ins] = abg
-                    ins_ba[n_ins] = aba
-                    ins_row[n_ins] = arow
-                    ins_cycle[n_ins] = ta
-                    n_ins += 1
-                    counts[ac] += 1
-                    prev = ta
+                    if refresh == 2:
+                        rr = (rr + 1) % n_banks
+                    due += interval
                     continue
-            break
-        _apply(c, bgi, bai, t, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr,
-               all_to, all_lat, win_from, win_size, ring, wcount, whead)
-        if c == ACT:
-            open_row[bgi * bpg + bai] = r
-            reopen[bgi * bpg + bai] = -1
-        elif c == ACT16:
-            for k in range(n_banks):
-                open_row[k] = r
+                if is_column[c] and n_reopen > 0:
+                    # re-open rows that an inserted refresh closed
+                    ac = -1
+                    abg = -1
+                    aba = -1
+                    arow = -1
+                    if addr_all[c]:
+                        same = supported[ACT16] != 0
+                        r0 = reopen[0]
+                        for k in range(n_banks):
+                            if open_row[k] >= 0 or reopen[k] != r0:
+                                same = False
+                        if same and r0 >= 0:
+                            ac = ACT16
+                            arow = r0
+                        else:
+                            for k in range(n_banks):
+                                if open_row[k] < 0 and reopen[k] >= 0:
+                                    ac = ACT
+                                    abg = k // bpg
+                                    aba = k % bpg
+                                    arow = reopen[k]
+                                    break
+                    else:
+                        k = bgi * bpg + bai
+                        if open_row[k] < 0 and reopen[k] >= 0:
+                            ac = ACT
+                            abg = bgi
+                            aba = bai
+                            arow = reopen[k]
+                    if ac >= 0:
+                        if n_ins + 1 > cap:
+                            return STATUS_OVERFLOW, n_ins, stall
+                        ta = _earliest(ac, abg, aba, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
+                                       win_size, has_win_to, ring, wcount, whead)
+                        _apply(ac, abg, aba, ta, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
+                               all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead, has_win_from)
+                        if ac == ACT16:
+                            for k in range(n_banks):
+                                open_row[k] = arow
+                                reopen[k] = -1
+                            n_reopen = 0
+                        else:
+                            open_row[abg * bpg + aba] = arow
+                            reopen[abg * bpg + aba] = -1
+                            n_reopen -= 1
+                        ins_pos[n_ins] = i
+                        ins_cmd[n_ins] = ac
+                        ins_bg[n_ins] = abg
+                        ins_ba[n_ins] = aba
+                        ins_row[n_ins] = arow
+                        ins_cycle[n_ins] = ta
+                        n_ins += 1
+                        counts[ac] += 1
+                        prev = ta
+                        continue
+                break
+            _apply(c, bgi, bai, t, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr,
+                   all_to, all_lat, win_from, win_size, ring, wcount, whead, has_win_from)
+        if c == ACT or c == PRE or c == REFPB:
+            k = bgi * bpg + bai
+            open_row[k] = r if c == ACT else -1
+            if reopen[k] >= 0:
                 reopen[k] = -1
-        elif c == PRE or c == REFPB:
-            open_row[bgi * bpg + bai] = -1
-            reopen[bgi * bpg + bai] = -1
-        elif c == PREA or c == REFAB:
+                n_reopen -= 1
+        elif c == ACT16 or c == PREA or c == REFAB:
+            v = r if c == ACT16 else -1
             for k in range(n_banks):
-                open_row[k] = -1
+                open_row[k] = v
                 reopen[k] = -1
+            n_reopen = 0
         cycles_out[i] = t
         counts[c] += 1
         prev = t
