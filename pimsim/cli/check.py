@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from pimsim.cli._common import add_spec_arguments, load_spec
 from pimsim.errors import PimsimError
 
 
@@ -14,27 +15,17 @@ def add_parser(sub) -> None:
                     "violated timing constraint (rule, both commands, their cycles, the required "
                     "gap) and protocol-state error. Exit status 1 when there are violations.")
     p.add_argument("file", help="log file (cycle CMD bg ba row col), optionally .gz")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--timing", metavar="FILE", help="reference timing file (*.timing.yaml)")
-    src.add_argument("--preset", metavar="NAME", help="preset name or YAML file (default: pim-gpt)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset value (repeatable)")
+    add_spec_arguments(p)
     p.add_argument("--no-state", action="store_true", help="check timing only, not open/closed rows")
     p.add_argument("--limit", type=int, default=100, help="stop after this many violations (default 100)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pimsim.config import load_preset, load_timing_file
     from pimsim.engine import check
     from pimsim.engine.cmdfile import parse_commands, read_bytes, validate
 
-    if args.timing:
-        if args.overrides:
-            raise PimsimError("--set applies to presets, not to a --timing file")
-        spec = load_timing_file(args.timing)
-    else:
-        spec = load_preset(args.preset or "pim-gpt", args.overrides).dram
+    spec = load_spec(args)
     if args.limit < 1:
         raise PimsimError(f"--limit must be positive, got {args.limit}")
     log = parse_commands(read_bytes(args.file), args.file, with_cycle=True)

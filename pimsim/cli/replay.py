@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
+from pimsim.cli._common import add_spec_arguments, load_spec
 from pimsim.errors import PimsimError
 
 DEFAULT_DEMO_ROWS = 64
@@ -18,11 +19,7 @@ def add_parser(sub) -> None:
                     "Without FILE, replays a built-in GEMV tile (64 rows, all-bank MAC) on the "
                     "pim-gpt preset and prints a summary.")
     p.add_argument("file", nargs="?", help=".cmds file (optionally .gz); omit for the built-in example")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--timing", metavar="FILE", help="reference timing file (*.timing.yaml)")
-    src.add_argument("--preset", metavar="NAME", help="preset name or YAML file (default: pim-gpt)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset value, e.g. timing.nRP=30 (repeatable)")
+    add_spec_arguments(p)
     p.add_argument("--refresh", choices=("off", "ab", "pb"), default="off",
                    help="insert refresh when due (default off: the file is replayed as written)")
     p.add_argument("--phase", type=int, default=None, metavar="CYCLES",
@@ -37,19 +34,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pimsim.config import load_preset, load_timing_file
     from pimsim.engine import check, issue, merge_log
     from pimsim.engine.cmdfile import format_log, read_commands
     from pimsim.engine.streams import gemv_tile
     from pimsim.io import atomic_write
 
     t_start = time.perf_counter()
-    if args.timing:
-        if args.overrides:
-            raise PimsimError("--set applies to presets, not to a --timing file")
-        spec = load_timing_file(args.timing)
-    else:
-        spec = load_preset(args.preset or "pim-gpt", args.overrides).dram
+    spec = load_spec(args)
     demo = args.file is None
     if demo:
         stream = gemv_tile(DEFAULT_DEMO_ROWS, spec.columns, spec.gb_slots)

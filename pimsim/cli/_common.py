@@ -1,0 +1,25 @@
+"""Arguments and loading shared by the subcommands that take a timing spec."""
+
+from __future__ import annotations
+
+from pimsim.errors import PimsimError
+
+
+def add_spec_arguments(p) -> None:
+    """``--timing FILE`` | ``--preset NAME`` and repeatable ``--set KEY=VALUE``."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--timing", metavar="FILE", help="reference timing file (*.timing.yaml)")
+    src.add_argument("--preset", metavar="NAME", help="preset name or YAML file (default: pim-gpt)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value, e.g. timing.nRP=30 (repeatable)")
+
+
+def load_spec(args):
+    """The DramSpec the arguments name."""
+    from pimsim.config import load_preset, load_timing_file
+
+    if args.timing:
+        if args.overrides:
+            raise PimsimError("--set applies to presets, not to a --timing file")
+        return load_timing_file(args.timing)
+    return load_preset(args.preset or "pim-gpt", args.overrides).dram
