@@ -1,19 +1,12 @@
-"""Shared fixtures: where the reference traces are, and small helpers."""
+"""Shared fixtures."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def refdata_dir() -> Path:
-    """The shared reference traces: $PIMSIM_REFDATA, else ../shared/refdata beside the repo."""
-    env = os.environ.get("PIMSIM_REFDATA")
-    return Path(env) if env else ROOT.parent / "shared" / "refdata"
+from _support import refdata_dir
 
 
 @pytest.fixture(scope="session")

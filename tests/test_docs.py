@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from conftest import ROOT
+from _support import ROOT
 from pimsim.cli import main
 from pimsim.config import DERIVED_TIMING, PRESET_SECTIONS, TIMING_PARAMETERS
 

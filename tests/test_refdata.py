@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import refdata_dir
+from _support import refdata_dir
 from pimsim.config import load_timing_file
 from pimsim.engine import CommandStream, check, issue, merge_log
 from pimsim.engine.cmdfile import read_commands
