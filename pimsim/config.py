@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from pimsim.asic import AsicSpec
 from pimsim.errors import ConfigError
 from pimsim.standard import (
     BANK_ADDRESSED, CMD_ID, COMMANDS, SCOPE_ID, SCOPES, Constraint, evaluate, load_standard,
@@ -191,6 +192,7 @@ class SystemSpec:
     dram: DramSpec
     clock: ClockSpec
     pim: PimSpec | None
+    asic: AsicSpec | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     origin: str = ""
 
@@ -200,6 +202,7 @@ class SystemSpec:
             "dram": self.dram.to_dict(),
             "clock": dataclasses.asdict(self.clock),
             "pim": dataclasses.asdict(self.pim) if self.pim else None,
+            "asic": dataclasses.asdict(self.asic) if self.asic else None,
         }
 
     @property
@@ -294,6 +297,16 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
         Param("global_buffer_bytes", "int", "B", "global buffer per channel"),
         Param("clock_MHz", "number", "MHz", "PIM unit clock", minimum=1e-9),
     ],
+    "asic": [
+        Param("clock_MHz", "number", "MHz", "ASIC clock", minimum=1e-9),
+        Param("lanes", "int", "", "FP32 adders, multipliers and special-function lanes (each)"),
+        Param("add_latency", "int", "cycles", "FP32 adder latency (ASIC cycles)"),
+        Param("mul_latency", "int", "cycles", "FP32 multiplier latency (ASIC cycles)"),
+        Param("exp_degree", "int", "", "Taylor degree of exp (1..12)"),
+        Param("recip_iterations", "int", "", "Newton-Raphson iterations of the reciprocal", minimum=0),
+        Param("rsqrt_iterations", "int", "", "Newton iterations of the inverse square root", minimum=0),
+        Param("sram_bytes", "int", "B", "on-chip SRAM buffers"),
+    ],
     "refresh": [
         Param("policy", "choice", "", "refresh policy", choices=REFRESH_POLICIES),
         Param("phase_cycles", "int", "cycles", "absolute cycle of the first command (refresh phase)",
@@ -301,7 +314,7 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
     ],
 }
 TOP_KEYS = {"preset", "description", "standard", "organization", "clock", "timing", "pim",
-            "refresh", "sources"}
+            "asic", "refresh", "sources"}
 
 
 def _check_refresh_timing(timing: Mapping[str, int], policy: str, banks: int, where: str) -> None:
@@ -453,6 +466,10 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
     if has_pim_cmds and pim_sec is None:
         raise ctx.err("pim", f"missing section (standard {standard.name} has PIM commands)")
     pim = _check_section(pim_sec, "pim", ctx) if pim_sec is not None else None
+    asic_sec = _section(doc, "asic", ctx, required=False)
+    asic = _check_section(asic_sec, "asic", ctx) if asic_sec is not None else None
+    if asic is not None and not 1 <= asic["exp_degree"] <= 12:
+        raise ctx.err("asic.exp_degree", f"must be in 1..12, got {asic['exp_degree']!r}")
 
     if org["row_bytes"] != org["columns"] * org["column_bytes"]:
         raise ctx.err("organization.row_bytes", f"{org['row_bytes']} is not columns x column_bytes = "
@@ -516,6 +533,7 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
         name=doc["preset"], description=str(doc.get("description", "")), dram=dram,
         clock=ClockSpec(**clk),
         pim=PimSpec(**pim) if pim is not None else None,
+        asic=AsicSpec(**asic) if asic is not None else None,
         sources=FrozenMap({str(k): str(v) for k, v in sources.items()}), origin=ctx.origin,
     )
 

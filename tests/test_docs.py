@@ -50,3 +50,10 @@ def test_readme_python_example_runs(capsys):
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+def test_config_doc_tables_are_current():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_doc.py"), "--check"])
+    assert proc.returncode == 0, "docs/config.md is stale: run python scripts/gen_config_doc.py"
