@@ -20,7 +20,7 @@ from pimsim.engine.compile import CompiledTiming, compile_timing
 from pimsim.errors import PimsimError
 from pimsim.standard import COMMANDS, N_COMMANDS
 
-__all__ = ["CommandStream", "IssueResult", "issue", "issue_channels", "compiled", "check",
+__all__ = ["CommandStream", "EngineState", "IssueResult", "issue", "issue_channels", "compiled", "check",
            "merge_log", "BACKENDS"]
 
 BACKENDS = ("numba", "python")
@@ -76,33 +76,91 @@ def _status_error(status: int, spec: DramSpec) -> PimsimError:
                        f"{spec.timing.get('nREFI')} too short for the stream; status {status})")
 
 
+class EngineState:
+    """Where one channel stands after some commands: the kernel's tables (or, for the
+    twin, its record history), open rows, pending re-activations, the last issue cycle,
+    the next refresh due and the per-bank refresh pointer. :func:`issue` continues from it
+    and advances it, so a channel's work can be issued piece by piece with the same
+    result as in one go."""
+
+    def __init__(self, spec: DramSpec, backend: str = "numba", refresh_phase: int | None = None):
+        from pimsim.engine.kernel import new_state
+
+        _check_backend(backend)
+        self.spec = spec
+        self.backend = backend
+        ct = compiled(spec)
+        phase = spec.refresh_phase_cycles if refresh_phase is None else refresh_phase
+        first_due = ct.refresh_interval - phase % ct.refresh_interval if ct.refresh_interval else 0
+        self.arrays = new_state(ct.n_bankgroups, ct.n_banks, ct.win_size, first_due)
+        self.history = None
+        if backend == "python":
+            from pimsim.engine.twin import new_history
+            self.history = new_history(ct)
+
+    @property
+    def last_cycle(self) -> int:
+        """Issue cycle of the last command so far (-1 before any)."""
+        return int(self.arrays[-1][0])
+
+    def _snapshot(self):
+        import copy
+        return tuple(a.copy() for a in self.arrays), copy.deepcopy(self.history)
+
+    def _restore(self, snap) -> None:
+        self.arrays, self.history = snap
+
+
 def issue(spec: DramSpec, stream: CommandStream, *, backend: str = "numba",
-          validate_stream: bool = True, _ct: CompiledTiming | None = None) -> IssueResult:
-    """Issue one channel's stream at the earliest legal cycles under ``spec``."""
+          validate_stream: bool = True, state: EngineState | None = None,
+          release: np.ndarray | None = None, _ct: CompiledTiming | None = None) -> IssueResult:
+    """Issue one channel's stream at the earliest legal cycles under ``spec``.
+
+    ``state`` continues a channel (it is advanced in place); without it the channel starts
+    fresh. Issuing a stream in pieces on one state gives the same cycles as issuing it at
+    once, provided no piece ends with a TMOD (a TMOD is placed by the command after it). ``release[i]`` is the earliest cycle at which command i may issue for reasons
+    outside the channel (e.g. its input data arriving).
+    """
     _check_backend(backend)
+    if state is None:
+        state = EngineState(spec, backend)
+    elif state.spec is not spec and state.spec != spec:
+        raise PimsimError("issue(): the state belongs to another spec")
+    elif state.backend != backend:
+        raise PimsimError(f"issue(): the state belongs to the {state.backend} backend, not {backend}")
     if validate_stream:
         _validate(spec, stream)
-    ct = _ct if _ct is not None else compiled(spec)
     n = len(stream)
+    if release is None:
+        release = np.zeros(n, dtype=np.int64)
+    else:
+        release = np.ascontiguousarray(release, dtype=np.int64)
+        if release.shape != (n,):
+            raise PimsimError(f"issue(): release has shape {release.shape}, the stream has {n} commands")
+    ct = _ct if _ct is not None else compiled(spec)
     cap = 64 + n // 8
+    snap = state._snapshot()
     while True:
         cycles = np.zeros(n, dtype=np.int64)
         counts = np.zeros(N_COMMANDS, dtype=np.int64)
         ins = {k: np.zeros(cap, dtype=np.int64) for k in ("before", "cmd", "bg", "ba", "row", "cycle")}
-        args = ct.kernel_args() + (stream.cmd, stream.bg, stream.ba, stream.row, ct.refresh,
-                                   ct.refresh_interval, ct.refresh_first_due, cycles,
-                                   ins["before"], ins["cmd"], ins["bg"], ins["ba"], ins["row"],
-                                   ins["cycle"], counts)
+        args = ct.kernel_args() + (stream.cmd, stream.bg, stream.ba, stream.row, release,
+                                   ct.refresh, ct.refresh_interval) + tuple(state.arrays) + (
+                                   cycles, ins["before"], ins["cmd"], ins["bg"], ins["ba"],
+                                   ins["row"], ins["cycle"], counts)
         if backend == "numba":
             from pimsim.engine.kernel import run_channel
             status, n_ins, stall = run_channel(*args)
         else:
             from pimsim.engine import twin
-            status, n_ins, stall = twin.run_channel(*args, records=ct)
+            status, n_ins, stall = twin.run_channel(*args, history=state.history)
         if status == -1:
+            state._restore(snap)
+            snap = state._snapshot()
             cap *= 4
             continue
         if status != 0:
+            state._restore(snap)
             raise _status_error(status, spec)
         break
     inserted = {k: v[:n_ins].copy() for k, v in ins.items()}

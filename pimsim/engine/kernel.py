@@ -110,13 +110,12 @@ def _apply_windows(c, t, win_from, win_size, ring, wcount, whead):
 
 
 @njit(cache=True)
-def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat,
-                all_ptr, all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to,
-                tmod_lookahead, cmd, bg, ba, row, refresh, interval, first_due,
-                cycles_out, ins_pos, ins_cmd, ins_bg, ins_ba, ins_row, ins_cycle, counts):
-    """Issue one channel's stream. Returns (status, inserted commands, refresh stall cycles)."""
-    n = cmd.shape[0]
-    nw = win_from.shape[0]
+def new_state(n_bg, n_banks, win_size, first_due):
+    """A fresh channel: nothing issued, all banks closed, first refresh due at first_due.
+
+    Returns (nx, ring, wcount, whead, open_row, reopen, sc) with sc = [prev, due, rr,
+    n_reopen]: the whole state :func:`run_channel` carries from one call to the next."""
+    nw = win_size.shape[0]
     maxw = 1
     for w in range(nw):
         if win_size[w] > maxw:
@@ -125,18 +124,36 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
     ring = np.zeros((max(nw, 1), maxw), dtype=np.int64)
     wcount = np.zeros(max(nw, 1), dtype=np.int64)
     whead = np.zeros(max(nw, 1), dtype=np.int64)
+    open_row = np.full(n_banks, -1, dtype=np.int64)
+    reopen = np.full(n_banks, -1, dtype=np.int64)
+    sc = np.zeros(4, dtype=np.int64)
+    sc[0] = -1
+    sc[1] = first_due
+    return nx, ring, wcount, whead, open_row, reopen, sc
+
+
+@njit(cache=True)
+def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat,
+                all_ptr, all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to,
+                tmod_lookahead, cmd, bg, ba, row, release, refresh, interval,
+                nx, ring, wcount, whead, open_row, reopen, sc,
+                cycles_out, ins_pos, ins_cmd, ins_bg, ins_ba, ins_row, ins_cycle, counts):
+    """Issue one channel's stream, continuing from the state (nx ... sc, see new_state),
+    which it updates. ``release[i]`` is the earliest cycle command i may issue for reasons
+    outside the channel (its data arriving), or less. Returns (status, inserted commands,
+    refresh stall cycles); after a non-zero status the state is undefined."""
+    n = cmd.shape[0]
+    nw = win_from.shape[0]
     has_win_from = np.zeros(NC, dtype=np.uint8)
     for w in range(nw):
         for k in range(NC):
             if win_from[w, k]:
                 has_win_from[k] = 1
-    open_row = np.full(n_banks, -1, dtype=np.int64)
-    reopen = np.full(n_banks, -1, dtype=np.int64)
-    n_reopen = 0  # banks with a pending re-activation (reopen >= 0)
     cap = ins_pos.shape[0]
-    prev = -1
-    due = first_due
-    rr = 0
+    prev = sc[0]
+    due = sc[1]
+    rr = sc[2]
+    n_reopen = sc[3]  # banks with a pending re-activation (reopen >= 0)
     n_ins = 0
     stall = 0
     for i in range(n):
@@ -149,6 +166,8 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
         # for it (even inlined) runs the MAC16 stream about 4x slower.
         t = _earliest(c, bgi, bai, prev, nx, n_bg, bpg, addr_all, win_to, win_lat, win_size,
                       has_win_to, ring, wcount, whead)
+        if release[i] > t:
+            t = release[i]
         fast = not has_win_to[c] and not (c == TMOD and tmod_lookahead)
         if fast and (refresh == 0 or t < due) and not (is_column[c] and n_reopen > 0):
             if addr_all[c]:
@@ -176,8 +195,12 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
                 if c == TMOD and tmod_lookahead and i + 1 < n:
                     t2 = _earliest(cmd[i + 1], bg[i + 1], ba[i + 1], prev, nx, n_bg, bpg, addr_all,
                                    win_to, win_lat, win_size, has_win_to, ring, wcount, whead)
+                    if release[i + 1] > t2:
+                        t2 = release[i + 1]
                     if t2 > t:
                         t = t2
+                if release[i] > t:
+                    t = release[i]
                 if t0 < 0:
                     t0 = t
                 if refresh != 0 and t >= due:
@@ -326,6 +349,10 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
         counts[c] += 1
         prev = t
         stall += t - t0
+    sc[0] = prev
+    sc[1] = due
+    sc[2] = rr
+    sc[3] = n_reopen
     return STATUS_OK, n_ins, stall
 
 
@@ -341,11 +368,14 @@ def run_channels(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, up
         s = starts[k]
         e = s + lengths[k]
         o = out_starts[k]
+        nx, ring, wcount, whead, open_row, reopen, sc = new_state(n_bg, n_banks, win_size, first_due[k])
+        release = np.zeros(e - s, dtype=np.int64)
         st, ni, sl = run_channel(
             n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat,
             all_ptr, all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to,
-            tmod_lookahead, cmd[s:e], bg[s:e], ba[s:e], row[s:e], refresh, interval,
-            first_due[k], cycles_out[o:o + lengths[k]], ins_pos[k], ins_cmd[k], ins_bg[k],
+            tmod_lookahead, cmd[s:e], bg[s:e], ba[s:e], row[s:e], release, refresh, interval,
+            nx, ring, wcount, whead, open_row, reopen, sc,
+            cycles_out[o:o + lengths[k]], ins_pos[k], ins_cmd[k], ins_bg[k],
             ins_ba[k], ins_row[k], ins_cycle[k], counts[k])
         status[k] = st
         n_ins[k] = ni

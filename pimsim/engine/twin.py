@@ -78,19 +78,18 @@ class _Records:
 
 def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat,
                 all_ptr, all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to,
-                tmod_lookahead, cmd, bg, ba, row, refresh, interval, first_due,
+                tmod_lookahead, cmd, bg, ba, row, release, refresh, interval,
+                nx, ring, wcount, whead, open_row, reopen, sc,
                 cycles_out, ins_pos, ins_cmd, ins_bg, ins_ba, ins_row, ins_cycle, counts,
-                *, records: CompiledTiming):
-    """Twin of the kernel. ``records`` is the compiled timing whose record form it reads;
-    the update-form arguments are accepted for signature parity and ignored."""
-    recs = _Records(records)
+                *, history: "_Records"):
+    """Twin of the kernel. ``history`` holds the record-form state (make one with
+    :func:`new_history`; pass the same one to continue a channel). The kernel's update-form
+    arguments and state arrays (nx, ring, wcount, whead) are accepted for signature parity
+    and ignored; open_row, reopen and sc carry the same meaning as in the kernel."""
+    recs = history
     n = len(cmd)
-    open_row = [-1] * n_banks
-    reopen = [-1] * n_banks
     cap = len(ins_pos)
-    prev = -1
-    due = first_due
-    rr = 0
+    prev, due, rr = int(sc[0]), int(sc[1]), int(sc[2])
     n_ins = 0
     stall = 0
 
@@ -110,9 +109,10 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
         c, cbg, cba, r = int(cmd[i]), int(bg[i]), int(ba[i]), int(row[i])
         t0 = None
         for _guard in range(4 * n_banks + 64):
-            t = recs.earliest(c, cbg, cba, prev)
+            t = max(recs.earliest(c, cbg, cba, prev), int(release[i]))
             if c == TMOD and tmod_lookahead and i + 1 < n:
-                t = max(t, recs.earliest(int(cmd[i + 1]), int(bg[i + 1]), int(ba[i + 1]), prev))
+                t = max(t, recs.earliest(int(cmd[i + 1]), int(bg[i + 1]), int(ba[i + 1]), prev),
+                        int(release[i + 1]))
             if t0 is None:
                 t0 = t
             if refresh and t >= due:
@@ -134,9 +134,9 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
                 for k in open_banks:
                     reopen[k] = open_row[k]
                     open_row[k] = -1
-                for sc, sbg, sba in steps:
-                    ts = max(recs.earliest(sc, sbg, sba, prev), due)
-                    record(i, sc, sbg, sba, -1, ts)
+                for s_cmd, sbg, sba in steps:
+                    ts = max(recs.earliest(s_cmd, sbg, sba, prev), due)
+                    record(i, s_cmd, sbg, sba, -1, ts)
                 if refresh == 2:
                     rr = (rr + 1) % n_banks
                 due += interval
@@ -144,19 +144,19 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
             if is_column[c]:
                 act = None
                 if addr_all[c]:
-                    rows = set(reopen)
+                    rows = set(reopen.tolist())
                     if (supported[ACT16] and all(o < 0 for o in open_row) and len(rows) == 1
                             and reopen[0] >= 0):
-                        act = (ACT16, -1, -1, reopen[0])
+                        act = (ACT16, -1, -1, int(reopen[0]))
                     else:
                         for k in range(n_banks):
                             if open_row[k] < 0 and reopen[k] >= 0:
-                                act = (ACT, *addr(k), reopen[k])
+                                act = (ACT, *addr(k), int(reopen[k]))
                                 break
                 else:
                     k = cbg * bpg + cba
                     if open_row[k] < 0 and reopen[k] >= 0:
-                        act = (ACT, cbg, cba, reopen[k])
+                        act = (ACT, cbg, cba, int(reopen[k]))
                 if act is not None:
                     if n_ins + 1 > cap:
                         return STATUS_OVERFLOW, n_ins, stall
@@ -186,4 +186,11 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
         counts[c] += 1
         prev = t
         stall += t - t0
+    sc[0], sc[1], sc[2] = prev, due, rr
+    sc[3] = int((reopen >= 0).sum())
     return STATUS_OK, n_ins, stall
+
+
+def new_history(records: CompiledTiming) -> _Records:
+    """The record-form state of a fresh channel (nothing issued)."""
+    return _Records(records)
