@@ -18,10 +18,10 @@ from pimsim.config import DramSpec
 from pimsim.engine.cmdfile import CommandStream, validate
 from pimsim.engine.compile import CompiledTiming, compile_timing
 from pimsim.errors import PimsimError
-from pimsim.standard import COMMANDS, N_COMMANDS
+from pimsim.standard import CMD_ID, COMMANDS, N_COMMANDS
 
 __all__ = ["CommandStream", "EngineState", "IssueResult", "issue", "issue_channels", "compiled", "check",
-           "merge_log", "BACKENDS"]
+           "merge_log", "issue_repeated", "RepeatResult", "BACKENDS"]
 
 BACKENDS = ("numba", "python")
 
@@ -167,6 +167,66 @@ def issue(spec: DramSpec, stream: CommandStream, *, backend: str = "numba",
     inserted["col"] = np.full(n_ins, -1, dtype=np.int64)
     return IssueResult(cycles=cycles, counts=dict(zip(COMMANDS, counts.tolist())),
                        inserted=inserted, refresh_stall_cycles=int(stall))
+
+
+@dataclass(frozen=True, eq=False)
+class RepeatResult:
+    """What :func:`issue_repeated` returns."""
+
+    counts: dict[str, int]
+    #: Last issue cycle on the channel (inserted commands included).
+    last_cycle: int
+    refresh_stall_cycles: int
+    inserted: int
+    #: Blocks issued command by command (the rest were jumped over exactly).
+    blocks_in_full: int
+    #: Issue cycle of every block command (blocks x block length) when asked for.
+    cycles: np.ndarray | None = None
+
+
+def issue_repeated(spec: DramSpec, block: CommandStream, row_bases, *,
+                   state: EngineState | None = None, not_before: int = 0,
+                   with_cycles: bool = False, validate_stream: bool = True) -> RepeatResult:
+    """Issue ``block`` once per entry of ``row_bases`` (its rows offset by the entry), the
+    first command no earlier than ``not_before``; exactly as :func:`issue` on the whole
+    concatenated stream would, but jumping over the steady stretches between refreshes
+    (:mod:`pimsim.engine.fastforward`). Numba backend; ``state`` is continued if given."""
+    from pimsim.engine.fastforward import run_repeated
+
+    bases = np.ascontiguousarray(row_bases, dtype=np.int64)
+    if bases.ndim != 1:
+        raise PimsimError("issue_repeated(): row_bases must be one-dimensional")
+    if len(block) == 0:
+        raise PimsimError("issue_repeated(): empty block")
+    if spec.tmod_lookahead and block.cmd[-1] == CMD_ID["TMOD"]:
+        raise PimsimError("issue_repeated(): a block must not end with TMOD (it is placed by "
+                          "the command after it)")
+    if state is None:
+        state = EngineState(spec)
+    elif state.backend != "numba":
+        raise PimsimError("issue_repeated(): needs a numba-backend state")
+    if validate_stream and bases.size:
+        rows = block.row[block.row >= 0]
+        if rows.size and (bases.min() + rows.min() < 0 or bases.max() + rows.max() >= spec.rows):
+            raise PimsimError(f"issue_repeated(): rows {bases.min() + rows.min()}.."
+                              f"{bases.max() + rows.max()} out of range 0..{spec.rows - 1}")
+        _validate(spec, block)
+    ct = compiled(spec)
+    counts = np.zeros(N_COMMANDS, dtype=np.int64)
+    cycles = np.zeros((bases.size, len(block)) if with_cycles else (1, 1), dtype=np.int64)
+    snap = state._snapshot()
+    status, full, stall, inserted = run_repeated(
+        *ct.kernel_args(), block.cmd, block.bg, block.ba, block.row, bases, int(not_before),
+        ct.refresh, ct.refresh_interval, *state.arrays, cycles, counts, with_cycles)
+    if status != 0:
+        state._restore(snap)
+        if status == -1:
+            raise PimsimError("issue_repeated(): a block inserted more refresh commands than "
+                              "the block buffer holds; issue the stream with issue()")
+        raise _status_error(status, spec)
+    return RepeatResult(counts=dict(zip(COMMANDS, counts.tolist())), last_cycle=state.last_cycle,
+                        refresh_stall_cycles=int(stall), inserted=int(inserted),
+                        blocks_in_full=int(full), cycles=cycles if with_cycles else None)
 
 
 def issue_channels(spec: DramSpec, streams: CommandStream | list[CommandStream], *,
