@@ -4,7 +4,7 @@ Prints commands per second for
   (a) 1,048,576 MAC16 commands in 16,384 rows on one channel (ACT16, 64 MAC16, PREA per row),
   (b) the same stream on 8 channels in lock-step,
   (c) 1,048,576 reads in stream order (ACT, 64 RD, PRE per bank and row),
-the numba JIT compile time (cold cache, in a fresh process) and cache-load time, the
+the same stream as repeated row blocks with the exact fast-forward, the numba JIT compile time (cold cache, in a fresh process) and cache-load time, the
 pure-Python twin's rate on a slice of (a) (ratio to the kernel), and the wall time of
 `pimsim replay` of (a) as a whole process, parsing and printing included.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pimsim.config import load_preset
-from pimsim.engine import issue, issue_channels
+from pimsim.engine import issue, issue_channels, issue_repeated
 from pimsim.engine.cmdfile import format_log
 from pimsim.engine.streams import mac_rows, read_rows
 
@@ -44,7 +44,7 @@ def best(fn, repeat):
 def compile_time() -> tuple[float, float]:
     """(cold JIT compile of the engine, load from a warm cache), each in a fresh process."""
     code = ("import time; t=time.perf_counter();"
-            "from pimsim.config import load_preset; from pimsim.engine import issue, issue_channels;"
+            "from pimsim.config import load_preset; from pimsim.engine import issue, issue_channels, issue_repeated;"
             "from pimsim.engine.streams import mac_rows; s=load_preset('pim-gpt').dram; st=mac_rows(2);"
             "t0=time.perf_counter(); issue(s, st); issue_channels(s, st, channels=2);"
             "print(time.perf_counter()-t0)")
@@ -74,6 +74,15 @@ def main() -> None:
         print(f"(a) {n_a:,} commands ({res.counts['MAC16']:,} MAC16) in {ROWS:,} rows, 1 channel, "
               f"refresh {policy}: {dt * 1e3:.1f} ms = {n_a / dt / 1e6:.1f} M commands/s "
               f"({n_a / dtv / 1e6:.1f} M/s with input validation); last cycle {res.last_cycle:,}")
+
+    block = type(stream_a)(*(getattr(stream_a, f)[:pim.columns + 2] for f in ("cmd", "bg", "ba", "row", "col")))
+    issue_repeated(pim, block, np.arange(4))
+    for policy in ("off", "ab"):
+        spec = pim.with_refresh(policy)
+        dt, rep = best(lambda: issue_repeated(spec, block, np.arange(ROWS), validate_stream=False), args.repeat)
+        print(f"(a) as {ROWS:,} repeats of one row block (final PREA included) with exact fast-forward, refresh {policy}: "
+              f"{dt * 1e3:.2f} ms ({rep.blocks_in_full:,} blocks issued in full) = "
+              f"{n_a / dt / 1e6:.0f} M commands/s equivalent; last cycle {rep.last_cycle:,}")
 
     spec8 = pim.with_refresh("ab")
     issue_channels(spec8, mac_rows(4), channels=8)

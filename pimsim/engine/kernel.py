@@ -179,9 +179,29 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
                 if has_win_from[c]:
                     _apply_windows(c, t, win_from, win_size, ring, wcount, whead)
             else:
-                _apply(c, bgi, bai, t, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
-                       all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead,
-                       has_win_from)
+                for k in range(upd_ptr[0, c], upd_ptr[0, c + 1]):
+                    b = upd_to[0, k]
+                    v = t + upd_lat[0, k]
+                    if v > nx[0, b]:
+                        nx[0, b] = v
+                rg = 2 + bgi
+                for k in range(upd_ptr[1, c], upd_ptr[1, c + 1]):
+                    b = upd_to[1, k]
+                    v = t + upd_lat[1, k]
+                    if v > nx[rg, b]:
+                        nx[rg, b] = v
+                    if v > nx[1, b]:
+                        nx[1, b] = v
+                rb = 2 + n_bg + bgi * bpg + bai
+                for k in range(upd_ptr[2, c], upd_ptr[2, c + 1]):
+                    b = upd_to[2, k]
+                    v = t + upd_lat[2, k]
+                    if v > nx[rb, b]:
+                        nx[rb, b] = v
+                    if v > nx[1, b]:
+                        nx[1, b] = v
+                if has_win_from[c]:
+                    _apply_windows(c, t, win_from, win_size, ring, wcount, whead)
             t0 = t
         else:
             t0 = -1
