@@ -184,6 +184,13 @@ class ClockSpec:
 
 
 @dataclass(frozen=True)
+class LinkSpec:
+    """The ASIC side of each channel's GDDR6 link (pins and rate are in ``clock``)."""
+
+    latency_ps: int
+
+
+@dataclass(frozen=True)
 class SystemSpec:
     """A resolved preset: built only by :func:`load_preset`."""
 
@@ -193,8 +200,18 @@ class SystemSpec:
     clock: ClockSpec
     pim: PimSpec | None
     asic: AsicSpec | None = None
+    link: LinkSpec | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     origin: str = ""
+
+    @property
+    def link_latency_ps(self) -> int:
+        return self.link.latency_ps if self.link is not None else 0
+
+    @property
+    def pin_bandwidth_Bps(self) -> float:
+        """Bytes per second over one channel's data pins, one direction at a time."""
+        return self.clock.data_rate_Gbps * 1e9 * self.clock.pins_per_channel / 8
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,6 +220,7 @@ class SystemSpec:
             "clock": dataclasses.asdict(self.clock),
             "pim": dataclasses.asdict(self.pim) if self.pim else None,
             "asic": dataclasses.asdict(self.asic) if self.asic else None,
+            "link": dataclasses.asdict(self.link) if self.link else None,
         }
 
     @property
@@ -307,6 +325,10 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
         Param("rsqrt_iterations", "int", "", "Newton iterations of the inverse square root", minimum=0),
         Param("sram_bytes", "int", "B", "on-chip SRAM buffers"),
     ],
+    "link": [
+        Param("latency_ps", "int", "ps", "ASIC <-> PIM channel latency beyond the DRAM's own "
+              "(controller, PHY, flight), each way", minimum=0),
+    ],
     "refresh": [
         Param("policy", "choice", "", "refresh policy", choices=REFRESH_POLICIES),
         Param("phase_cycles", "int", "cycles", "absolute cycle of the first command (refresh phase)",
@@ -314,7 +336,7 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
     ],
 }
 TOP_KEYS = {"preset", "description", "standard", "organization", "clock", "timing", "pim",
-            "asic", "refresh", "sources"}
+            "asic", "link", "refresh", "sources"}
 
 
 def _check_refresh_timing(timing: Mapping[str, int], policy: str, banks: int, where: str) -> None:
@@ -466,6 +488,8 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
     if has_pim_cmds and pim_sec is None:
         raise ctx.err("pim", f"missing section (standard {standard.name} has PIM commands)")
     pim = _check_section(pim_sec, "pim", ctx) if pim_sec is not None else None
+    link_sec = _section(doc, "link", ctx, required=False)
+    link = _check_section(link_sec, "link", ctx) if link_sec is not None else None
     asic_sec = _section(doc, "asic", ctx, required=False)
     asic = _check_section(asic_sec, "asic", ctx) if asic_sec is not None else None
     if asic is not None and not 1 <= asic["exp_degree"] <= 12:
@@ -534,6 +558,7 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
         clock=ClockSpec(**clk),
         pim=PimSpec(**pim) if pim is not None else None,
         asic=AsicSpec(**asic) if asic is not None else None,
+        link=LinkSpec(**link) if link is not None else None,
         sources=FrozenMap({str(k): str(v) for k, v in sources.items()}), origin=ctx.origin,
     )
 
