@@ -1,1 +1,76 @@
-"""Mappers: placing a model in PIM banks and generating decode-step programs."""
+"""Mappers: placing a model in PIM banks and generating decode-step programs.
+
+>>> import workloads, mappings
+>>> from pimsim.config import load_preset
+>>> m = mappings.map(workloads.load_bundled("gpt2-small"), load_preset("pim-gpt"))
+>>> prog = m.program(kv_len=128)          # networkx DAG of one decode step
+>>> prog.row_hit_rate() > 0.95
+True
+
+See docs/mapping.md for the layouts and their reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mappings.placement import CapacityError, MappingError, Placement, model_context, place
+from mappings.program import AccessKernel, AsicOp, MacKernel, Program, Transfer
+from mappings.strategies import STRATEGIES, Geometry, Strategy
+
+
+def geometry(spec) -> Geometry:
+    """The mapper's view of a :class:`pimsim.config.SystemSpec`."""
+    d = spec.dram
+    if spec.pim is None:
+        raise MappingError(f"preset {spec.name} has no PIM units (no 'pim' section)")
+    values = d.column_bytes // 2
+    if values % spec.pim.mac_lanes:
+        raise MappingError(f"preset {spec.name}: {values} BF16 values per column is not a "
+                           f"multiple of mac_lanes {spec.pim.mac_lanes}")
+    return Geometry(channels=d.channels, banks=d.banks, banks_per_bankgroup=d.banks_per_bankgroup,
+                    rows=d.rows, columns=d.columns, column_bytes=d.column_bytes,
+                    values_per_column=values, gb_slots=d.gb_slots)
+
+
+@dataclass(eq=False)
+class Mapping:
+    """A model placed on a system by one strategy."""
+
+    trace: object
+    spec: object
+    strategy: Strategy
+    placement: Placement
+
+    def program(self, kv_len: int, token: int = 0) -> Program:
+        """The decode step that runs with ``kv_len`` K/V positions after its append
+        (the step generating token number ``kv_len``); ``token`` is the input token id."""
+        from mappings.program import _Builder
+
+        if not isinstance(kv_len, int) or kv_len < 1:
+            raise MappingError(f"{self.trace.model}: kv_len must be a positive integer, got {kv_len!r}")
+        if kv_len > self.placement.max_context:
+            raise MappingError(f"{self.trace.model}: kv_len {kv_len} exceeds the KV reserve of "
+                               f"{self.placement.max_context} positions (max_context)")
+        return _Builder(self, kv_len, token).build()
+
+    def prefill(self, prompt: int) -> list[Program]:
+        """Prefill as a sequence of decode steps (positions 1 .. prompt), for now."""
+        return [self.program(n) for n in range(1, prompt + 1)]
+
+
+def map(trace, spec, strategy: str = "pim-gpt", *, max_context: int | None = None) -> Mapping:  # noqa: A001
+    """Place ``trace``'s model on ``spec`` with the named strategy (capacity checked first).
+
+    ``max_context``: KV positions reserved per layer (default: the model's maximum context;
+    a sliding window caps it)."""
+    if strategy not in STRATEGIES:
+        raise MappingError(f"unknown mapping strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    s = STRATEGIES[strategy]()
+    g = geometry(spec)
+    return Mapping(trace, spec, s, place(trace, g, s, max_context, preset=spec.name))
+
+
+__all__ = ["AccessKernel", "AsicOp", "CapacityError", "Geometry", "MacKernel", "Mapping",
+           "MappingError", "Placement", "Program", "STRATEGIES", "Strategy", "Transfer",
+           "geometry", "map", "model_context"]

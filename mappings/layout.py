@@ -1,0 +1,210 @@
+"""Row templates and regions: how one operand's data lies in the rows of a channel.
+
+Vocabulary (docs/mapping.md has pictures and reasons):
+
+* A **unit** is one bank of one channel; its MAC unit has one accumulator.
+* An operand (a weight matrix, a K or V cache) is a set of **outputs** (output neurons,
+  keys, V neurons); each output is the dot product of its stored data with an **input
+  vector** (x, a query head, a probability row).
+* Each bank holds up to ``m`` outputs in numbered **slots**. All 16 banks of a channel use
+  the same **template** (the same slot -> row/column layout): they share the global buffer,
+  so the column at row position ``c`` of every bank is multiplied with global-buffer slot
+  ``c``; only *which* output sits in a slot differs between banks (``slot_out``).
+* A **piece** is a run of ``w`` consecutive 32-B columns of one slot holding input columns
+  ``k0 .. k0+w-1`` of input vector ``inp`` for sub-output ``sub``; a piece that crosses a
+  row boundary is split into two **segments**. The accumulator is read (RDMAC16) at the end
+  of every segment; the ASIC adds the partial sums of one output.
+
+Everything here is plain integer arithmetic on numpy arrays; templates are cached by shape
+so that the 48 identical layers of GPT2-XL cost one template each.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SEG_FIELDS = ("row", "c0", "n", "slot", "sub", "inp", "k0")
+
+
+@dataclass(frozen=True, eq=False)
+class Template:
+    """Row layout of one operand in one channel (identical in all banks of the channel).
+
+    Segment arrays are int64, sorted by (row, c0); rows are relative to the region's base.
+    """
+
+    n_rows: int
+    n_slots: int
+    row: np.ndarray
+    c0: np.ndarray
+    n: np.ndarray
+    slot: np.ndarray
+    sub: np.ndarray
+    inp: np.ndarray
+    k0: np.ndarray
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.row.size)
+
+    def columns_used(self) -> int:
+        """Column slots (per bank) that hold data of some slot."""
+        return int(self.n.sum())
+
+    def select(self, mask: np.ndarray) -> "Template":
+        return Template(self.n_rows, self.n_slots, *(getattr(self, f)[mask] for f in SEG_FIELDS))
+
+
+def segments_from_pieces(columns: int, slot, sub, inp, k0, w, pos, n_rows: int | None = None,
+                         n_slots: int | None = None) -> Template:
+    """Split pieces (stream position ``pos``, width ``w`` columns) at row boundaries."""
+    slot, sub, inp, k0, w, pos = (np.asarray(a, dtype=np.int64).ravel() for a in
+                                  (slot, sub, inp, k0, w, pos))
+    keep = w > 0
+    slot, sub, inp, k0, w, pos = (a[keep] for a in (slot, sub, inp, k0, w, pos))
+    if w.size and int(w.max()) > columns:
+        raise ValueError(f"piece of {int(w.max())} columns exceeds a row of {columns}")
+    row = pos // columns
+    c0 = pos % columns
+    first = np.minimum(w, columns - c0)
+    rest = w - first
+    split = rest > 0
+    rows = np.concatenate([row, row[split] + 1])
+    c0s = np.concatenate([c0, np.zeros(int(split.sum()), dtype=np.int64)])
+    ns = np.concatenate([first, rest[split]])
+    k0s = np.concatenate([k0, k0[split] + first[split]])
+    cat = lambda a: np.concatenate([a, a[split]])  # noqa: E731
+    slots, subs, inps = cat(slot), cat(sub), cat(inp)
+    order = np.lexsort((c0s, rows))
+    rows, c0s, ns, k0s, slots, subs, inps = (a[order] for a in (rows, c0s, ns, k0s, slots, subs, inps))
+    if n_rows is None:
+        n_rows = int(rows.max()) + 1 if rows.size else 0
+    if n_slots is None:
+        n_slots = int(slots.max()) + 1 if slots.size else 0
+    return Template(n_rows, n_slots, rows, c0s, ns, slots, subs, inps, k0s)
+
+
+def _tiles(k_cols: int, tile_cols: int) -> list[tuple[int, int]]:
+    """(first input column, width) of each input tile."""
+    return [(t, min(tile_cols, k_cols - t)) for t in range(0, k_cols, tile_cols)]
+
+
+@functools.lru_cache(maxsize=4096)
+def linear_template(m: int, k_first: int, k_cols: int, columns: int, tile_cols: int,
+                    pack: bool) -> Template:
+    """``m`` output slots of ``k_cols`` input columns (starting at input column ``k_first``).
+
+    The input is cut into tiles of ``tile_cols`` columns (what one global-buffer load
+    holds). ``pack``: tile-major stream, the pieces of one tile wrapped continuously through
+    the rows (rows filled); else every (slot, tile) piece starts its own row (padded).
+    """
+    slots, k0s, ws, poss = [], [], [], []
+    row0 = 0
+    for t0, w in _tiles(k_cols, tile_cols):
+        s = np.arange(m, dtype=np.int64)
+        if pack:
+            pos = row0 * columns + s * w
+            rows = -(-m * w // columns)
+        else:
+            pos = (row0 + s) * columns
+            rows = m
+        slots.append(s)
+        k0s.append(np.full(m, k_first + t0))
+        ws.append(np.full(m, w))
+        poss.append(pos)
+        row0 += rows
+    if not slots:
+        return segments_from_pieces(columns, [], [], [], [], [], [], 0, m)
+    slot = np.concatenate(slots)
+    return segments_from_pieces(columns, slot, 0 * slot, 0 * slot, np.concatenate(k0s),
+                                np.concatenate(ws), np.concatenate(poss), row0, m)
+
+
+@functools.lru_cache(maxsize=256)
+def kcache_template(m: int, heads: int, w: int, columns: int, tile_cols: int,
+                    concat: bool) -> Template:
+    """``m`` key slots, each holding ``heads`` K-head vectors of ``w`` columns.
+
+    ``concat``: heads concatenated like the input of a weight matrix: heads are cut into
+    tiles of ``tile_cols // w`` heads (one global-buffer load of query heads), and within a
+    tile the keys' pieces are wrapped back to back through the rows (rows filled).
+    Else head-major, each head's keys packed in rows of their own (per-head matrices).
+    """
+    slots, subs, poss = [], [], []
+    if concat:
+        per_tile = max(1, tile_cols // w)
+        row0 = 0
+        for h0 in range(0, heads, per_tile):
+            hs = np.arange(h0, min(heads, h0 + per_tile), dtype=np.int64)
+            width = hs.size * w
+            s = np.repeat(np.arange(m, dtype=np.int64), hs.size)
+            g = np.tile(hs, m)
+            slots.append(s)
+            subs.append(g)
+            poss.append(row0 * columns + s * width + (g - h0) * w)
+            row0 += -(-m * width // columns)
+        n_rows = row0
+    else:
+        per_head = -(-m * w // columns)
+        for h in range(heads):
+            s = np.arange(m, dtype=np.int64)
+            slots.append(s)
+            subs.append(np.full(m, h, dtype=np.int64))
+            poss.append(h * per_head * columns + s * w)
+        n_rows = per_head * heads
+    s, g, pos = (np.concatenate(a) for a in (slots, subs, poss))
+    return segments_from_pieces(columns, s, g, g, 0 * s, np.full(s.size, w), pos, n_rows, m)
+
+
+@functools.lru_cache(maxsize=256)
+def vcache_template(slot_heads: tuple[int, ...], token_cols: int, columns: int,
+                    tile_cols: int) -> Template:
+    """V stored transposed: slot ``s`` (an output neuron of head ``slot_heads[s]``) holds
+    the tokens of one head dimension, ``tile_cols`` columns (16 tokens each) per row."""
+    tiles = _tiles(token_cols, tile_cols)
+    nt = len(tiles)
+    m = len(slot_heads)
+    s = np.repeat(np.arange(m, dtype=np.int64), nt)
+    t = np.tile(np.arange(nt, dtype=np.int64), m)
+    k0 = np.array([a for a, _ in tiles], dtype=np.int64)[t]
+    w = np.array([b for _, b in tiles], dtype=np.int64)[t]
+    g = np.asarray(slot_heads, dtype=np.int64)[s]
+    pos = (s * nt + t) * columns
+    return segments_from_pieces(columns, s, 0 * s, g, k0, w, pos, m * nt, m)
+
+
+@dataclass(eq=False)
+class ChannelPart:
+    """One region's share of one channel."""
+
+    channel: int
+    base_row: int
+    template: Template
+    #: (banks, n_slots) output id held by each bank's slot, -1 where the slot is empty.
+    slot_out: np.ndarray
+
+
+@dataclass(eq=False)
+class Region:
+    """Where one operand (or a piece of one: a head, a channel's input slice) lies.
+
+    ``kind``: ``linear`` (weight matrix, outputs = output features ``out_offset + id``,
+    inputs = ``x[in_offset : in_offset + in_len]``), ``kcache`` (outputs = key positions,
+    sub = K head), ``vcache`` (outputs = ``head * head_dim + d``), ``dense`` (a tensor stored
+    as plain data, read with RD).
+    """
+
+    name: str
+    kind: str
+    layer: int | None
+    parts: list[ChannelPart]
+    meta: dict = field(default_factory=dict)
+
+    def rows_per_channel(self, channels: int) -> np.ndarray:
+        out = np.zeros(channels, dtype=np.int64)
+        for p in self.parts:
+            out[p.channel] += p.template.n_rows
+        return out

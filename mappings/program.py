@@ -1,0 +1,624 @@
+"""The program of one decode step: a networkx DAG of PIM kernels, ASIC ops and transfers.
+
+Nodes carry one object in the ``item`` attribute: a :class:`MacKernel` or
+:class:`AccessKernel` (a per-channel PIM kernel, expandable exactly into a
+:class:`pimsim.engine.CommandStream` by ``.commands()``), an :class:`AsicOp` (with element
+counts) or a :class:`Transfer` (bytes, direction, channel). Edges are data dependencies.
+
+A MAC kernel is described compactly as *passes*: one global-buffer load (TMOD, WRGB per
+used slot, TMOD) followed by rows, each ACT16, MAC16 per used column, a read-out (TMOD,
+RDMAC16, TMOD) at the end of every segment, and PREA after the row's last MAC16. GQA
+kernels repeat their passes once per query head of a group (``repeats``). Command counts
+and the row-hit rate are computed from this description without expanding it; a test
+checks them against the expanded streams.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from mappings.layout import SEG_FIELDS, ChannelPart, Region, Template
+from pimsim.standard import CMD_ID
+
+COLUMN_CMDS = ("MAC16", "RD", "WR")
+ACT_CMDS = ("ACT16", "ACT")
+
+
+@dataclass(frozen=True, eq=False)
+class MacPass:
+    """One global-buffer load and the rows that use it (rows relative to the region)."""
+
+    gb_slot: np.ndarray   # global-buffer slots written
+    gb_inp: np.ndarray    # input vector of each slot
+    gb_kcol: np.ndarray   # input column of each slot
+    rows: np.ndarray      # rows in issue order
+    seg: dict             # segment arrays (SEG_FIELDS) of these rows, sorted by (row, c0)
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.seg["row"].size)
+
+
+def _row_groups(t: Template):
+    if t.n_segments == 0:
+        return []
+    b = np.flatnonzero(np.diff(t.row)) + 1
+    return list(zip(np.r_[0, b].tolist(), np.r_[b, t.n_segments].tolist()))
+
+
+def build_passes(t: Template, columns: int) -> tuple[MacPass, ...]:
+    """Group the template's rows into global-buffer passes.
+
+    Rows with the same slot -> (input, column) pattern share a load; a row whose pattern is
+    compatible with an earlier load (no slot used differently) joins it."""
+    key_rows: dict[bytes, list[int]] = {}
+    key_first: dict[bytes, tuple[int, int]] = {}
+    stacked = np.stack([t.c0, t.n, t.inp, t.k0], axis=1)
+    for a, b in _row_groups(t):
+        key = stacked[a:b].tobytes()
+        if key not in key_rows:
+            key_rows[key] = []
+            key_first[key] = (a, b)
+        key_rows[key].append(a)
+    passes: list[tuple[np.ndarray, np.ndarray, list[int]]] = []  # (inp[col], kcol[col], starts)
+    for key, starts in key_rows.items():
+        a, b = key_first[key]
+        inp = np.full(columns, -1, dtype=np.int64)
+        kc = np.full(columns, -1, dtype=np.int64)
+        for i in range(a, b):
+            c0, n = int(t.c0[i]), int(t.n[i])
+            inp[c0:c0 + n] = t.inp[i]
+            kc[c0:c0 + n] = t.k0[i] + np.arange(n)
+        for p_inp, p_kc, p_starts in passes:
+            used = (inp >= 0) & (p_inp >= 0)
+            if (p_inp[used] == inp[used]).all() and (p_kc[used] == kc[used]).all():
+                fill = (inp >= 0) & (p_inp < 0)
+                p_inp[fill], p_kc[fill] = inp[fill], kc[fill]
+                p_starts += starts
+                break
+        else:
+            passes.append((inp, kc, list(starts)))
+    seg_row_start = {a: (a, b) for a, b in _row_groups(t)}
+    out = []
+    for p_inp, p_kc, starts in passes:
+        starts = sorted(starts, key=lambda a: int(t.row[a]))
+        idx = np.concatenate([np.arange(*seg_row_start[a]) for a in starts])
+        slots = np.flatnonzero(p_inp >= 0)
+        out.append(MacPass(slots, p_inp[slots], p_kc[slots], t.row[np.array(starts)],
+                           {f: getattr(t, f)[idx] for f in SEG_FIELDS}))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=8192)
+def _passes_cached(t: Template, columns: int) -> tuple[MacPass, ...]:
+    return build_passes(t, columns)
+
+
+#: (what, template, slot_out bytes, n_valid, columns, values) -> passes of the live part of a
+#: K or V template; layers share templates and slot assignments, so this is computed once
+#: per distinct layer shape and context length.
+_ACTIVE: dict = {}
+
+
+def _active_passes(what: str, t: Template, slot_out: np.ndarray, n_valid: int, columns: int,
+                   values: int) -> tuple[MacPass, ...]:
+    key = (what, id(t), slot_out.tobytes(), n_valid, columns, values)
+    hit = _ACTIVE.get(key)
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    live = active_kcache(t, slot_out, n_valid) if what == "score" else \
+        active_vcache(t, n_valid, values)
+    passes = build_passes(live, columns) if live.n_segments else ()
+    if len(_ACTIVE) > 4096:
+        _ACTIVE.clear()
+    _ACTIVE[key] = (t, passes)
+    return passes
+
+
+@functools.lru_cache(maxsize=65536)
+def _stats(passes: tuple, slot_out_bytes: bytes, banks: int, out_limit) -> tuple[int, int]:
+    """(partial sums holding a real output, useful bank-column products) per repeat."""
+    so = np.frombuffer(slot_out_bytes, dtype=np.int64).reshape(banks, -1)
+    ok = so >= 0 if out_limit is None else (so >= 0) & (so < out_limit)
+    valid = ok.sum(axis=0)
+    partial = sum(int(valid[p.seg["slot"]].sum()) for p in passes)
+    useful = sum(int((valid[p.seg["slot"]] * p.seg["n"]).sum()) for p in passes)
+    return partial, useful
+
+
+@functools.lru_cache(maxsize=65536)
+def _mac_counts_1(passes: tuple[MacPass, ...]) -> tuple[tuple[str, int], ...]:
+    return tuple(_mac_counts_raw(passes).items())
+
+
+def _mac_counts(passes: tuple[MacPass, ...], repeats: int) -> dict[str, int]:
+    return {k: v * repeats for k, v in _mac_counts_1(passes)}
+
+
+def _mac_counts_raw(passes: tuple[MacPass, ...]) -> dict[str, int]:
+    wrgb = sum(int(p.gb_slot.size) for p in passes)
+    rows = sum(int(p.rows.size) for p in passes)
+    macs = sum(int(p.seg["n"].sum()) for p in passes)
+    segs = sum(p.n_segments for p in passes)
+    return dict(TMOD=2 * (len(passes) + segs), WRGB=wrgb, ACT16=rows, MAC16=macs, RDMAC16=segs,
+                PREA=rows)
+
+
+@dataclass(eq=False)
+class MacKernel:
+    """All-bank MAC kernel of one operand region on one channel."""
+
+    name: str
+    channel: int
+    what: str               # linear | score | context
+    region: Region
+    part: ChannelPart
+    passes: tuple[MacPass, ...]
+    repeats: int = 1        # query heads per K/V head (GQA)
+    op_index: int = -1
+    #: outputs with an id >= this are read out but discarded (key slots not yet written)
+    out_limit: int | None = None
+
+    kind = "mac"
+
+    @functools.cached_property
+    def counts(self) -> dict[str, int]:
+        return _mac_counts(self.passes, self.repeats)
+
+    def _stats(self) -> tuple[int, int]:
+        so = self.part.slot_out
+        return _stats(self.passes, so.tobytes(), so.shape[0], self.out_limit)
+
+    def useful_macs(self) -> int:
+        """Bank-column products that hold a real output's data (of MAC16 x banks)."""
+        return self.repeats * self._stats()[1]
+
+    def partial_sums(self) -> int:
+        """Values read out that hold a real output (banks with an empty slot excluded)."""
+        return self.repeats * self._stats()[0]
+
+    def commands(self, spec=None):
+        """The exact command stream (bank mode at start and end, all banks closed)."""
+        from pimsim.engine import CommandStream
+
+        parts = [_pass_commands(p, self.part.base_row) for p in self.passes]
+        cmd, row, col = (np.concatenate([q[i] for q in parts]) if parts else
+                         np.zeros(0, dtype=np.int64) for i in range(3))
+        if self.repeats > 1:
+            cmd, row, col = (np.tile(a, self.repeats) for a in (cmd, row, col))
+        neg = np.full(cmd.size, -1, dtype=np.int64)
+        return CommandStream(cmd, neg, neg.copy(), row, col, source=self.name)
+
+
+def _pass_commands(p: MacPass, base_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TMOD, WRGB per slot, TMOD; per segment: [ACT16] MAC16 x n [PREA] TMOD RDMAC16 TMOD."""
+    C = CMD_ID
+    row, c0, n = p.seg["row"], p.seg["c0"], p.seg["n"]
+    k = row.size
+    first = np.ones(k, dtype=np.int64)
+    first[1:] = row[1:] != row[:-1]
+    last = np.ones(k, dtype=np.int64)
+    last[:-1] = row[1:] != row[:-1]
+    length = first + n + last + 3
+    head = 2 + p.gb_slot.size
+    off = head + np.cumsum(length) - length
+    total = head + int(length.sum())
+    cmd = np.full(total, C["MAC16"], dtype=np.int64)
+    rows = np.full(total, -1, dtype=np.int64)
+    cols = np.full(total, -1, dtype=np.int64)
+    cmd[0] = cmd[head - 1] = C["TMOD"]
+    cmd[1:head - 1] = C["WRGB"]
+    cols[1:head - 1] = p.gb_slot
+    a = off[first == 1]
+    cmd[a] = C["ACT16"]
+    rows[a] = row[first == 1] + base_row
+    j = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+    macs = np.repeat(off + first, n) + j
+    rows[macs] = np.repeat(row, n) + base_row
+    cols[macs] = np.repeat(c0, n) + j
+    e = off + first + n
+    cmd[e[last == 1]] = C["PREA"]
+    t = e + last
+    cmd[t] = C["TMOD"]
+    cmd[t + 1] = C["RDMAC16"]
+    cmd[t + 2] = C["TMOD"]
+    return cmd, rows, cols
+
+
+_NAME = {v: k for k, v in CMD_ID.items()}
+
+
+@dataclass(eq=False)
+class AccessKernel:
+    """Single-bank reads or writes on one channel: per (bank, row) run ACT, RD/WR..., PRE.
+
+    ``lane`` is -1 for a whole 32-B column, else the one BF16 lane a masked write changes
+    (the burst still carries 32 B)."""
+
+    name: str
+    channel: int
+    what: str               # read | write
+    bank: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    lane: np.ndarray
+    banks_per_bankgroup: int
+    op_index: int = -1
+    target: str = ""        # what is read or written (tensor / cache name)
+    #: For functional execution: the region accessed (None for dense tensors) and, per
+    #: access, the output id, sub-output and input column whose data the column holds.
+    region: Region | None = None
+    src_out: np.ndarray | None = None
+    src_sub: np.ndarray | None = None
+    src_kcol: np.ndarray | None = None
+
+    kind = "access"
+
+    @functools.cached_property
+    def _runs(self) -> np.ndarray:
+        if self.bank.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        change = (np.diff(self.bank) != 0) | (np.diff(self.row) != 0)
+        return np.r_[0, np.flatnonzero(change) + 1]
+
+    @functools.cached_property
+    def counts(self) -> dict[str, int]:
+        runs = int(self._runs.size)
+        col = "RD" if self.what == "read" else "WR"
+        return {"ACT": runs, col: int(self.bank.size), "PRE": runs}
+
+    def commands(self, spec=None):
+        """Per (bank, row) run: ACT, RD/WR per access, PRE."""
+        from pimsim.engine import CommandStream
+
+        C = CMD_ID
+        n = self.bank.size
+        first = np.zeros(n, dtype=np.int64)
+        first[self._runs] = 1
+        last = np.zeros(n, dtype=np.int64)
+        last[np.r_[self._runs[1:] - 1, n - 1] if n else []] = 1
+        length = first + 1 + last
+        off = np.cumsum(length) - length
+        total = int(length.sum())
+        bg = np.repeat(self.bank // self.banks_per_bankgroup, length)
+        ba = np.repeat(self.bank % self.banks_per_bankgroup, length)
+        rows = np.full(total, -1, dtype=np.int64)
+        cols = np.full(total, -1, dtype=np.int64)
+        cmd = np.full(total, C["RD" if self.what == "read" else "WR"], dtype=np.int64)
+        a = off[first == 1]
+        cmd[a] = C["ACT"]
+        rows[a] = self.row[first == 1]
+        x = off + first
+        rows[x] = self.row
+        cols[x] = self.col
+        cmd[(x + 1)[last == 1]] = C["PRE"]
+        return CommandStream(cmd, bg.astype(np.int64), ba.astype(np.int64), rows, cols,
+                             source=self.name)
+
+
+@dataclass(eq=False)
+class AsicOp:
+    name: str
+    kind: str
+    elements: int
+    op_index: int = -1
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Transfer:
+    name: str
+    direction: str          # to_pim | to_asic
+    channel: int
+    bytes: int
+    op_index: int = -1
+
+
+def row_hit(counts: dict[str, int]) -> tuple[int, int]:
+    """(column accesses, column accesses that needed no activation of their own)."""
+    cols = sum(counts.get(c, 0) for c in COLUMN_CMDS)
+    acts = sum(counts.get(c, 0) for c in ACT_CMDS)
+    return cols, cols - acts
+
+
+@dataclass(eq=False)
+class Program:
+    """One decode step at context ``kv_len`` (K/V of positions 0..kv_len-1 after the append)."""
+
+    graph: nx.DiGraph
+    kv_len: int
+    model: str
+    strategy: str
+
+    def items(self, kind: type | tuple | None = None):
+        for n, data in self.graph.nodes(data=True):
+            it = data["item"]
+            if kind is None or isinstance(it, kind):
+                yield it
+
+    def kernels(self):
+        return list(self.items((MacKernel, AccessKernel)))
+
+    def counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for k in self.kernels():
+            for c, v in k.counts.items():
+                total[c] = total.get(c, 0) + v
+        return total
+
+    def row_hit_rate(self) -> float:
+        cols, hits = row_hit(self.counts())
+        return hits / cols if cols else 0.0
+
+    def mac_utilization(self) -> float:
+        """Useful bank-column products over all MAC16 x banks issued (idle banks, empty
+        slots and not-yet-written key slots count as waste)."""
+        ks = list(self.items(MacKernel))
+        total = sum(k.counts["MAC16"] * k.part.slot_out.shape[0] for k in ks)
+        return sum(k.useful_macs() for k in ks) / total if total else 0.0
+
+    def kernel_table(self) -> list[dict]:
+        """Per kernel: name, channel, kind, command counts, row-hit rate."""
+        out = []
+        for k in self.kernels():
+            cols, hits = row_hit(k.counts)
+            out.append(dict(name=k.name, channel=k.channel, what=k.what, counts=dict(k.counts),
+                            row_hit_rate=hits / cols if cols else 0.0))
+        return out
+
+    def by_op(self) -> dict[str, dict[str, int]]:
+        """Command counts summed per kernel kind (linear, score, context, read, write)."""
+        out: dict[str, dict[str, int]] = {}
+        for k in self.kernels():
+            d = out.setdefault(k.what, {})
+            for c, v in k.counts.items():
+                d[c] = d.get(c, 0) + v
+        return out
+
+    def transfer_bytes(self) -> dict[str, int]:
+        out = {"to_pim": 0, "to_asic": 0}
+        for t in self.items(Transfer):
+            out[t.direction] += t.bytes
+        return out
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def active_kcache(t: Template, slot_out: np.ndarray, n_valid: int) -> Template:
+    """Segments of key slots holding at least one position < n_valid in some bank."""
+    live = ((slot_out >= 0) & (slot_out < n_valid)).any(axis=0)
+    return t.select(live[t.slot])
+
+
+def active_vcache(t: Template, n_valid: int, values: int) -> Template:
+    """V rows clipped to the token columns that hold positions < n_valid."""
+    tc = -(-n_valid // values)
+    n = np.clip(tc - t.k0, 0, t.n)
+    keep = n > 0
+    return Template(t.n_rows, t.n_slots, t.row[keep], t.c0[keep], n[keep], t.slot[keep],
+                    t.sub[keep], t.inp[keep], t.k0[keep])
+
+
+class _Builder:
+    def __init__(self, mapping, kv_len: int, token: int):
+        self.m = mapping
+        self.pl = mapping.placement
+        self.g = self.pl.geometry
+        self.L = kv_len
+        self.token = token
+        self.G = nx.DiGraph()
+        self.producer: dict[int, list[str]] = {}
+        #: kv_append op -> {(region name, channel): write node}: an attention kernel waits
+        #: only for the write into its own region and channel
+        self.writes: dict[int, dict[tuple[str, int], str]] = {}
+
+    def add(self, name: str, item, after=()) -> str:
+        self.G.add_node(name, item=item)
+        for a in after:
+            self.G.add_edge(a, name)
+        return name
+
+    # -- helpers ------------------------------------------------------------------------
+    def read_dense(self, op, tensor: str, first: int, count: int) -> list[str]:
+        out = []
+        for ch, bank, row, col in self.pl.dense_columns(tensor, first, count):
+            order = np.lexsort((col, row, bank))
+            k = AccessKernel(f"{op.index}:{tensor}:ch{ch}:read", ch, "read", bank[order],
+                             row[order], col[order], np.full(order.size, -1, dtype=np.int64),
+                             self.g.banks_per_bankgroup, op.index, tensor)
+            kn = self.add(k.name, k)
+            t = Transfer(f"{k.name}:to_asic", "to_asic", ch, k.counts["RD"] * self.g.column_bytes,
+                         op.index)
+            out.append(self.add(t.name, t, [kn]))
+        return out
+
+    def read_params(self, op, names) -> list[str]:
+        out = []
+        for nm in names:
+            if nm is not None and nm in self.pl.dense:
+                out += self.read_dense(op, nm, 0, self.pl.dense_size(nm))
+        return out
+
+    def mac(self, op, region: Region, part: ChannelPart, passes: tuple[MacPass, ...], what: str,
+            repeats: int, deps: list[str], out_limit=None) -> tuple[str, MacKernel]:
+        tag = f"{op.index}:{region.name}:ch{part.channel}"
+        k = MacKernel(f"{tag}:{what}", part.channel, what, region, part, passes, repeats, op.index,
+                      out_limit)
+        cb = self.g.column_bytes
+        tin = self.add(f"{tag}:to_pim", Transfer(f"{tag}:to_pim", "to_pim", part.channel,
+                                                  k.counts["WRGB"] * cb, op.index), deps)
+        kn = self.add(k.name, k, [tin])
+        tout = self.add(f"{tag}:to_asic", Transfer(f"{tag}:to_asic", "to_asic", part.channel,
+                                                    k.counts["RDMAC16"] * cb, op.index), [kn])
+        return tout, k
+
+    # -- ops ------------------------------------------------------------------------------
+    def linear(self, op, deps):
+        ends, partials = [], 0
+        for region in self.pl.by_weight[op["weight"]]:
+            for part in region.parts:
+                passes = _passes_cached(part.template, self.g.columns)
+                end, k = self.mac(op, region, part, passes, "linear", 1, deps)
+                ends.append(end)
+                partials += k.partial_sums()
+        bias = self.read_params(op, [op["bias"]])
+        n = op["out_features"]
+        a = AsicOp(f"{op.index}:{op.module}:vmm_epilogue", "vmm_epilogue",
+                   partials - n + (n if op["bias"] else 0), op.index,
+                   dict(partial_sums=partials, outputs=n, bias=bool(op["bias"])))
+        return [self.add(a.name, a, ends + bias)]
+
+    def embedding(self, op, deps):
+        w = op["weight"]
+        idx = self.token if op["role"] == "token" else (self.L - 1) % op["rows"]
+        ends = []
+        if w in self.pl.dense:
+            ends = self.read_dense(op, w, idx * op["dim"], op["dim"])
+        else:  # tied to a matrix: read output `idx`'s stored columns from its region
+            for region in self.pl.by_weight[w]:
+                m = region.meta
+                o = idx - m["out_offset"]
+                if not 0 <= o < m["n_out"]:
+                    continue
+                for part in region.parts:
+                    bank, slot = np.nonzero(part.slot_out == o)
+                    if bank.size == 0:
+                        continue
+                    t = part.template
+                    sel = np.flatnonzero(t.slot == slot[0])
+                    n = t.n[sel]
+                    j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+                    rows = np.repeat(t.row[sel], n) + part.base_row
+                    cols_ = np.repeat(t.c0[sel], n) + j
+                    kcol = np.repeat(t.k0[sel], n) + j
+                    order = np.lexsort((cols_, rows))
+                    k = AccessKernel(f"{op.index}:{region.name}:ch{part.channel}:read",
+                                     part.channel, "read", np.full(rows.size, bank[0]),
+                                     rows[order], cols_[order], np.full(rows.size, -1),
+                                     self.g.banks_per_bankgroup, op.index, w, region,
+                                     np.full(rows.size, o), np.zeros(rows.size, dtype=np.int64),
+                                     kcol[order])
+                    kn = self.add(k.name, k, deps)
+                    t_ = Transfer(f"{k.name}:to_asic", "to_asic", part.channel,
+                                  k.counts["RD"] * self.g.column_bytes, op.index)
+                    ends.append(self.add(t_.name, t_, [kn]))
+        a = AsicOp(f"{op.index}:{op.module}:embedding", "embedding", op["dim"], op.index)
+        return [self.add(a.name, a, ends + deps)]
+
+    def kv_append(self, op, deps):
+        ks, vs = self.pl.kv[op.layer]
+        pos = (self.L - 1) % self.pl.attention[op.layer].reserve
+        ends = []
+        v = self.g.values_per_column
+        for region in (ks if op["target"] == "k" else vs):
+            for part in region.parts:
+                t = part.template
+                if region.kind == "kcache":
+                    bank, slot = np.nonzero(part.slot_out == pos)
+                    if bank.size == 0:
+                        continue
+                    sel = np.flatnonzero(t.slot == slot[0])
+                    n = t.n[sel]
+                    j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+                    rows = np.repeat(t.row[sel], n)
+                    cols_ = np.repeat(t.c0[sel], n) + j
+                    banks = np.full(rows.size, bank[0])
+                    lanes = np.full(rows.size, -1)
+                    s_out = np.full(rows.size, pos)
+                    s_sub = np.repeat(t.sub[sel], n)
+                    s_kcol = np.repeat(t.k0[sel], n) + j
+                else:
+                    pc = pos // v
+                    sel = np.flatnonzero((t.k0 <= pc) & (pc < t.k0 + t.n))
+                    so = part.slot_out[:, t.slot[sel]]          # (banks, segs)
+                    bank, si = np.nonzero(so >= 0)
+                    seg = sel[si]
+                    rows = t.row[seg]
+                    cols_ = t.c0[seg] + (pc - t.k0[seg])
+                    banks = bank
+                    lanes = np.full(rows.size, pos % v)
+                    s_out = so[bank, si]
+                    s_sub = t.sub[seg]
+                    s_kcol = np.full(rows.size, pc)
+                if rows.size == 0:
+                    continue
+                order = np.lexsort((cols_, rows, banks))
+                k = AccessKernel(f"{op.index}:{region.name}:ch{part.channel}:write",
+                                 part.channel, "write", banks[order], rows[order] + part.base_row,
+                                 cols_[order], lanes[order], self.g.banks_per_bankgroup,
+                                 op.index, region.name, region, s_out[order], s_sub[order],
+                                 s_kcol[order])
+                tin = Transfer(f"{k.name}:to_pim", "to_pim", part.channel,
+                               k.counts["WR"] * self.g.column_bytes, op.index)
+                tn = self.add(tin.name, tin, deps)
+                node = self.add(k.name, k, [tn])
+                self.writes.setdefault(op.index, {})[(region.name, part.channel)] = node
+                ends.append(node)
+        return ends
+
+    def attention(self, op, deps, what: str):
+        appends = [d for d in op.deps if d in self.writes]
+        deps = [n for d in op.deps if d not in self.writes for n in self.producer.get(d, [])]
+        att = self.pl.attention[op.layer]
+        ks, vs = self.pl.kv[op.layer]
+        n_valid = min(self.L, att.reserve)
+        group = att.q_heads // att.kv_heads
+        ends, partials = [], 0
+        for region in (ks if what == "score" else vs):
+            for part in region.parts:
+                passes = _active_passes(what, part.template, part.slot_out, n_valid,
+                                        self.g.columns, self.g.values_per_column)
+                if not passes:
+                    continue
+                own = [self.writes[d][key] for d in appends
+                       if (key := (region.name, part.channel)) in self.writes[d]]
+                end, k = self.mac(op, region, part, passes, what, group, deps + own,
+                                  n_valid if what == "score" else None)
+                ends.append(end)
+                partials += k.partial_sums()
+        outputs = att.q_heads * (n_valid if what == "score" else att.head_dim)
+        extra = outputs if what == "score" and op["scale"] not in (None, 1.0) else 0
+        a = AsicOp(f"{op.index}:{op.module}:{what}_epilogue", f"{what}_epilogue",
+                   partials - outputs + extra, op.index,
+                   dict(partial_sums=partials, outputs=outputs, kv_len=n_valid))
+        return [self.add(a.name, a, ends)]
+
+    def asic(self, op, deps):
+        a = op.attrs
+        if op.op in ("layernorm", "rmsnorm", "activation"):
+            n = a["features"] * a["tokens"]
+        elif op.op == "elementwise":
+            n = a["features"] * a["tokens"]
+        elif op.op == "rotary":
+            n = a["heads"] * a["rotary_dim"] * a["tokens"]
+        elif op.op == "softmax":
+            n = a["heads"] * a["q_len"] * min(self.L, a["window"] or self.L)
+        else:
+            n = 0
+        params = self.read_params(op, [a.get("weight"), a.get("bias")]) \
+            if op.op in ("layernorm", "rmsnorm") else []
+        item = AsicOp(f"{op.index}:{op.module}:{op.op}", op.op, n, op.index, dict(a))
+        return [self.add(item.name, item, deps + params)]
+
+    def build(self) -> Program:
+        for op in self.m.trace.decode.ops:
+            deps = [n for d in op.deps for n in self.producer.get(d, [])]
+            if op.op in ("linear", "lm_head"):
+                out = self.linear(op, deps)
+            elif op.op == "embedding":
+                out = self.embedding(op, deps)
+            elif op.op == "kv_append":
+                out = self.kv_append(op, deps)
+            elif op.op == "attn_score":
+                out = self.attention(op, deps, "score")
+            elif op.op == "attn_context":
+                out = self.attention(op, deps, "context")
+            else:
+                out = self.asic(op, deps)
+            self.producer[op.index] = out
+        return Program(self.G, self.L, self.m.trace.model, self.m.strategy.name)
