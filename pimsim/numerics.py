@@ -105,12 +105,12 @@ _FRAC_MASK = 0x007FFFFF
 # --------------------------------------------------------------------------------------
 def f32_to_bits(x) -> np.ndarray:
     """Bit patterns (uint32) of ``x`` converted to numpy float32 (host RNE conversion)."""
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32)).view(np.uint32)
+    return np.array(x, dtype=np.float32).view(np.uint32)
 
 
 def bits_to_f32(bits) -> np.ndarray:
     """float32 values of FP32 bit patterns ``bits`` (any integer array)."""
-    return np.ascontiguousarray(np.asarray(bits).astype(np.uint32)).view(np.float32)
+    return np.array(bits).astype(np.uint32).view(np.float32)
 
 
 def bf16_to_f32(bits) -> np.ndarray:
