@@ -15,4 +15,13 @@ from pimsim.errors import PimsimError
 
 __version__ = "0.1.0"
 
-__all__ = ["PimsimError", "__version__"]
+__all__ = ["PimsimError", "__version__", "simulate"]
+
+
+def __getattr__(name: str):
+    # pimsim.simulate wires workloads -> mappings -> the simulator; import it on first use
+    if name == "simulate":
+        from pimsim.api import simulate
+
+        return simulate
+    raise AttributeError(f"module 'pimsim' has no attribute {name!r}")

@@ -61,6 +61,9 @@ class StepStats:
     transfer_bytes: dict[str, int] = field(default_factory=dict)
     #: (name, category, channel or -1, start ps, end ps) per node, when a timeline is kept
     timeline: list[tuple] | None = None
+    #: picoseconds of the step's critical path by category; "wait" is time a node on the
+    #: path was ready but queued for its resource (sums to the step latency)
+    critical_ps: dict[str, int] = field(default_factory=dict)
 
     @property
     def latency_ps(self) -> int:
@@ -140,9 +143,10 @@ class SystemSimulator:
         yield self.env.timeout(self.link_latency_ps)
         return start, self.env.now
 
-    def _node(self, name, item, kind, deps, stats: StepStats, category: str):
+    def _node(self, name, item, kind, deps, stats: StepStats, category: str, times: dict):
         if deps:
             yield simpy.AllOf(self.env, deps)
+        ready = self.env.now
         if kind == KERNEL:
             start, end = yield from self._kernel(item, stats)
         elif kind == ASIC:
@@ -150,6 +154,7 @@ class SystemSimulator:
         else:
             start, end = yield from self._transfer(item, stats)
         stats.busy_ps[category] = stats.busy_ps.get(category, 0) + (end - start)
+        times[name] = (ready, start, end, category)
         if stats.timeline is not None:
             ch = getattr(item, "channel", -1)
             stats.timeline.append((name, category, ch, start, end))
@@ -163,14 +168,16 @@ class SystemSimulator:
         stats = StepStats(start_ps=self.env.now, end_ps=self.env.now,
                           timeline=[] if self.keep_timeline else None)
         procs = {}
+        times: dict = {}
         for name in nx.topological_sort(g):
             item = g.nodes[name]["item"]
             kind = node_kind(item)
             category = getattr(item, "what", None) if kind == KERNEL else kind
             deps = [procs[p] for p in g.predecessors(name)]
-            procs[name] = self.env.process(self._node(name, item, kind, deps, stats, category))
+            procs[name] = self.env.process(self._node(name, item, kind, deps, stats, category, times))
         self.env.run()
         stats.end_ps = self.env.now
+        stats.critical_ps = _critical_path(g, times, stats.start_ps, stats.end_ps)
         return stats
 
     def check_logs(self) -> list:
@@ -186,6 +193,27 @@ class SystemSimulator:
                       for f in ("cmd", "bg", "ba", "row", "col")}
             out += [(c, v) for v in check(self.dram, cycles, CommandStream(**fields))]
         return out
+
+
+def _critical_path(g, times: dict, start_ps: int, end_ps: int) -> dict[str, int]:
+    """Walk back from the node that finished last through the predecessor that finished
+    last: each node on the path contributes its run time to its category and the time it
+    waited for its resource to "wait"; gaps before the first node are "wait" too."""
+    out: dict[str, int] = {}
+    if not times:
+        out["wait"] = end_ps - start_ps
+        return out
+    node = max(times, key=lambda n: (times[n][2], n))
+    t = end_ps
+    while node is not None:
+        ready, start, end, cat = times[node]
+        out[cat] = out.get(cat, 0) + (min(end, t) - start)
+        out["wait"] = out.get("wait", 0) + (start - ready) + (t - min(end, t))
+        t = ready
+        preds = [p for p in g.predecessors(node) if p in times]
+        node = max(preds, key=lambda n: (times[n][2], n)) if preds else None
+    out["wait"] = out.get("wait", 0) + (t - start_ps)
+    return out
 
 
 __all__ = ["SystemSimulator", "StepStats", "node_kind", "COMMANDS"]

@@ -24,7 +24,7 @@ def test_readme_has_exactly_two_setup_commands():
     text = (ROOT / "README.md").read_text()
     setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
     assert len(re.findall(r"```bash\n", setup)) == 2
-    assert "bash scripts/test.sh" in setup and "pimsim replay" in setup
+    assert "bash scripts/test.sh" in setup and "pimsim simulate" in setup
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 

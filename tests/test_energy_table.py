@@ -30,3 +30,24 @@ def test_corners():
     assert [c.value(k) for k in ("low", "nominal", "high")] == [c.low, c.nominal, c.high]
     with pytest.raises(Exception, match="corner"):
         c.value("typical")
+
+
+def test_energy_breakdown_charges_each_command_from_the_table():
+    from pimsim.energy import energy_breakdown, energy_ranges
+
+    t = energy_table()
+    kw = dict(channels=8, banks=16, mac_lanes=16, sram_bytes=4096)
+    zero = energy_breakdown({}, {}, 0.0, **kw)
+    assert all(v == 0 for v in zero.values())
+    one_mac = energy_breakdown({"MAC16": 1}, {}, 0.0, **kw)
+    expected = (16 * t["col_bank_local"].nominal + 256 * t["mac_bf16"].nominal
+                + t["gb_read"].nominal + t["gb_broadcast"].nominal) * 1e-12
+    assert one_mac["pim_mac"] == pytest.approx(expected)
+    assert one_mac["controller"] == pytest.approx(t["ctrl_command"].nominal * 1e-12)
+    act16 = energy_breakdown({"ACT16": 1}, {}, 0.0, **kw)["dram_activate"]
+    assert act16 == pytest.approx(16 * t["act_pre_bank"].nominal * 1e-9)
+    idle = energy_breakdown({}, {}, 1e-3, **kw)["background"]
+    assert idle == pytest.approx((t["standby_act"].nominal + t["gb_leakage"].nominal) * 1e-3 * 8 * 1e-3)
+    r = energy_ranges({"MAC16": 10, "RD": 3, "REFab": 1}, {"adds": 100, "muls": 50}, 1e-6, **kw)
+    for cat in r["nominal"]:
+        assert r["low"][cat] <= r["nominal"][cat] <= r["high"][cat]

@@ -1,0 +1,166 @@
+"""``pimsim simulate``: a model's decode on a PIM-GPT configuration."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+
+from pimsim.errors import PimsimError
+
+DEFAULT_MODEL = "gpt2-small"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "simulate", help="simulate decoding a model on a PIM-GPT configuration",
+        description="Map MODEL (a registry name or a trace .json) onto the preset, decode TOKENS "
+                    "tokens after a PROMPT-token context with every DRAM command timed by the "
+                    "channel engines, and report latency per token, its breakdown, energy (with "
+                    "its range), row-hit rate and bandwidth. Prefill is not simulated.")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"registry model or trace file (default {DEFAULT_MODEL})")
+    p.add_argument("--preset", default="pim-gpt", help="preset name or YAML file (default pim-gpt)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value, e.g. asic.clock_MHz=100 (repeatable)")
+    p.add_argument("--prompt", type=int, default=32, help="context length before decoding (default 32)")
+    p.add_argument("--tokens", type=int, default=8, help="decode steps to simulate (default 8)")
+    p.add_argument("--strategy", default="pim-gpt", help="mapping strategy (default pim-gpt)")
+    p.add_argument("--out", metavar="DIR", help="write result.json, steps.csv and plots to DIR")
+    p.add_argument("--timeline", action="store_true",
+                   help="also write timeline.json (Chrome/Perfetto trace of every node)")
+    p.add_argument("--check", action="store_true", help="protocol-check every issued command")
+    p.set_defaults(func=run)
+
+
+def _progress(done: int, total: int) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    fill = int(width * done / total)
+    sys.stderr.write(f"\rsimulating [{'#' * fill}{'.' * (width - fill)}] {done}/{total} tokens")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def run(args) -> int:
+    from pimsim.api import simulate
+
+    if args.timeline and not args.out:
+        raise PimsimError("--timeline needs --out DIR")
+    result = simulate(args.model, preset=args.preset, overrides=args.overrides,
+                      prompt=args.prompt, tokens=args.tokens, strategy=args.strategy,
+                      timeline=args.timeline, check=args.check, progress=_progress)
+    files = {}
+    if args.out:
+        files = render(result)
+        from pathlib import Path
+
+        from pimsim.io import atomic_write
+
+        for name, data in files.items():
+            with atomic_write(Path(args.out) / name, "wb") as fh:
+                fh.write(data)
+    print(summary(result, args.out, sorted(files)))
+    return 0
+
+
+def summary(result, out, files) -> str:
+    s = result.to_dict()
+    e = s["energy_per_token_J"]
+    b = s["bounds"]
+    bw = s["bandwidth"]
+    lines = [
+        f"{s['model']} on {s['preset']} ({s['strategy']} mapping), {s['decode_tokens']} tokens "
+        f"after a {s['prompt_tokens']}-token context",
+        f"  latency per token   {s['latency_per_token_s'] * 1e6:,.1f} us  ({s['tokens_per_s']:,.0f} tokens/s)",
+        f"  bounds              DRAM timing {b['dram_timing_bound_s'] * 1e6:,.1f} us, "
+        f"bandwidth {b['bandwidth_bound_s'] * 1e6:,.1f} us",
+        "  breakdown           " + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in s["breakdown_s"].items()),
+        f"  refresh stalls      {s['refresh_stall_s'] * 1e6:,.1f} us per channel and token",
+        f"  energy per token    {e['nominal'] * 1e3:,.3f} mJ (range {e['low'] * 1e3:,.3f} - {e['high'] * 1e3:,.3f})",
+        f"  row-hit rate        {s['row_hit_rate']:.4f}",
+        f"  bandwidth           internal {bw['internal_Bps'] / 1e12:,.2f} of {bw['internal_peak_Bps'] / 1e12:,.2f} TB/s, "
+        f"pins {bw['pin_Bps'] / 1e9:,.1f} of {bw['pin_peak_Bps'] / 1e9:,.0f} GB/s",
+    ]
+    if out:
+        lines.append(f"  wrote               {', '.join(files)} in {out}")
+    return "\n".join(lines)
+
+
+def render(result) -> dict[str, bytes]:
+    """Every output file's bytes (computed before anything is written)."""
+    files = {"result.json": result.to_json().encode()}
+    csv = io.StringIO()
+    csv.write("step,kv_len,start_s,latency_s\n")
+    for i, st in enumerate(result.steps):
+        csv.write(f"{i},{st['kv_len']},{st['start_s']!r},{st['latency_s']!r}\n")
+    files["steps.csv"] = csv.getvalue().encode()
+    files.update(_plots(result))
+    if result.timeline is not None:
+        files["timeline.json"] = _chrome_trace(result.timeline).encode()
+    return files
+
+
+def _plots(result) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result.to_dict()
+    out = {}
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        plt.close(fig)
+        out[name] = buf.getvalue()
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    names = list(s["breakdown_s"])
+    vals = [s["breakdown_s"][k] * 1e6 for k in names]
+    ax.barh(names, vals, color="tab:blue")
+    b = s["bounds"]
+    ax.axvline(b["dram_timing_bound_s"] * 1e6, color="tab:red", ls="--", label="DRAM-timing bound (total)")
+    ax.set_xlabel("us per token (critical path)")
+    ax.set_title(f"{s['model']}: latency breakdown, {s['latency_per_token_s'] * 1e6:,.1f} us per token", fontsize=9)
+    ax.legend(fontsize=7)
+    save(fig, "latency_breakdown.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([st["kv_len"] for st in result.steps], [st["latency_s"] * 1e6 for st in result.steps], marker=".")
+    ax.set_xlabel("context length (KV positions)")
+    ax.set_ylabel("us per token")
+    ax.set_title(f"{s['model']}: latency by position", fontsize=9)
+    save(fig, "latency_by_position.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    cats = list(s["energy_breakdown_J"])
+    nom = [s["energy_breakdown_J"][k] * 1e3 for k in cats]
+    lo = [s["energy_breakdown_range_J"]["low"][k] * 1e3 for k in cats]
+    hi = [s["energy_breakdown_range_J"]["high"][k] * 1e3 for k in cats]
+    ax.barh(cats, nom, xerr=[[n - l for n, l in zip(nom, lo)], [h - n for n, h in zip(nom, hi)]],
+            color="tab:green", capsize=3)
+    e = s["energy_per_token_J"]
+    ax.set_xlabel("mJ per token (bars: nominal; whiskers: low-high)")
+    ax.set_title(f"{s['model']}: energy {e['nominal'] * 1e3:.3f} mJ per token "
+                 f"({e['low'] * 1e3:.3f}-{e['high'] * 1e3:.3f})", fontsize=9)
+    save(fig, "energy_breakdown.png")
+    return out
+
+
+def _chrome_trace(timeline) -> str:
+    """Chrome trace event format (opens in Perfetto): one complete event per node."""
+    events = []
+    lanes = {}
+    for name, cat, ch, start, end in timeline:
+        lane = f"channel {ch}" if ch >= 0 and cat not in ("asic", "transfer") else (
+            "ASIC" if cat == "asic" else f"link {ch}")
+        tid = lanes.setdefault(lane, len(lanes))
+        events.append({"name": name, "cat": cat, "ph": "X", "pid": 0, "tid": tid,
+                       "ts": start / 1e6, "dur": (end - start) / 1e6})
+    meta = [{"name": "thread_name", "ph": "M", "pid": 0, "tid": tid, "args": {"name": lane}}
+            for lane, tid in lanes.items()]
+    return json.dumps({"traceEvents": meta + events, "displayTimeUnit": "ns"}, sort_keys=True)
