@@ -185,13 +185,21 @@ class MacKernel:
         """The exact command stream (bank mode at start and end, all banks closed)."""
         from pimsim.engine import CommandStream
 
-        parts = [_pass_commands(p, self.part.base_row) for p in self.passes]
-        cmd, row, col = (np.concatenate([q[i] for q in parts]) if parts else
-                         np.zeros(0, dtype=np.int64) for i in range(3))
-        if self.repeats > 1:
-            cmd, row, col = (np.tile(a, self.repeats) for a in (cmd, row, col))
-        neg = np.full(cmd.size, -1, dtype=np.int64)
-        return CommandStream(cmd, neg, neg.copy(), row, col, source=self.name)
+        cmd, bg, ba, row, col = _kernel_arrays(self.passes, self.part.base_row, self.repeats)
+        return CommandStream(cmd, bg, ba, row, col, source=self.name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _kernel_arrays(passes: tuple[MacPass, ...], base_row: int, repeats: int):
+    """The command arrays of a MAC kernel, shared by every decode step that runs the same
+    passes (weight kernels are identical from token to token); nothing writes to them."""
+    parts = [_pass_commands(p, base_row) for p in passes]
+    cmd, row, col = (np.concatenate([q[i] for q in parts]) if parts else
+                     np.zeros(0, dtype=np.int64) for i in range(3))
+    if repeats > 1:
+        cmd, row, col = (np.tile(a, repeats) for a in (cmd, row, col))
+    neg = np.full(cmd.size, -1, dtype=np.int64)
+    return cmd, neg, neg, row, col
 
 
 def _pass_commands(p: MacPass, base_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -89,7 +89,7 @@ class EngineState:
         _check_backend(backend)
         self.spec = spec
         self.backend = backend
-        ct = compiled(spec)
+        self.ct = ct = compiled(spec)
         phase = spec.refresh_phase_cycles if refresh_phase is None else refresh_phase
         first_due = ct.refresh_interval - phase % ct.refresh_interval if ct.refresh_interval else 0
         self.arrays = new_state(ct.n_bankgroups, ct.n_banks, ct.win_size, first_due)
@@ -124,7 +124,7 @@ def issue(spec: DramSpec, stream: CommandStream, *, backend: str = "numba",
     _check_backend(backend)
     if state is None:
         state = EngineState(spec, backend)
-    elif state.spec is not spec and state.spec != spec:
+    elif state.spec is not spec and state.spec.digest != spec.digest:
         raise PimsimError("issue(): the state belongs to another spec")
     elif state.backend != backend:
         raise PimsimError(f"issue(): the state belongs to the {state.backend} backend, not {backend}")
@@ -137,7 +137,7 @@ def issue(spec: DramSpec, stream: CommandStream, *, backend: str = "numba",
         release = np.ascontiguousarray(release, dtype=np.int64)
         if release.shape != (n,):
             raise PimsimError(f"issue(): release has shape {release.shape}, the stream has {n} commands")
-    ct = _ct if _ct is not None else compiled(spec)
+    ct = _ct if _ct is not None else state.ct
     cap = 64 + n // 8
     snap = state._snapshot()
     while True:
