@@ -1,0 +1,42 @@
+"""Wall time of simulating the paper's 8 models, and simulated tokens per wall second.
+
+    python benchmarks/bench_simulate.py [--tokens 1024] [--prompt 0] [--models gpt2-small,...]
+
+Each model decodes --tokens tokens after a --prompt-token context on the pim-gpt preset,
+every DRAM command timed by the channel engines. Prints per model the wall time, wall time
+per simulated token and the simulated latency per token, then the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pimsim
+
+PAPER_MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
+                "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=1024)
+    ap.add_argument("--prompt", type=int, default=0)
+    ap.add_argument("--models", default=",".join(PAPER_MODELS))
+    args = ap.parse_args()
+    pimsim.simulate("gpt2-small", tokens=1)  # load the compiled kernels once
+    total = 0.0
+    for model in args.models.split(","):
+        t = time.perf_counter()
+        r = pimsim.simulate(model, prompt=args.prompt, tokens=args.tokens)
+        dt = time.perf_counter() - t
+        total += dt
+        s = r.to_dict()
+        print(f"{model:12s} {args.tokens} tokens: wall {dt:8.2f} s = {dt / args.tokens * 1e3:7.1f} ms "
+              f"per simulated token ({args.tokens / dt:6.2f} tokens/s); simulated "
+              f"{s['latency_per_token_s'] * 1e6:8.1f} us per token")
+    print(f"all models: {total:.1f} s wall for {args.tokens} tokens each")
+
+
+if __name__ == "__main__":
+    main()
