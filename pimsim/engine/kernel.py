@@ -69,35 +69,47 @@ def _earliest(c, bgi, bai, prev, nx, n_bg, bpg, addr_all, win_to, win_lat, win_s
 def _apply(c, bgi, bai, t, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr,
            all_to, all_lat, win_from, win_size, ring, wcount, whead, has_win_from):
     if addr_all[c]:
-        for k in range(all_ptr[c], all_ptr[c + 1]):
-            b = all_to[k]
-            v = t + all_lat[k]
-            if v > nx[0, b]:
-                nx[0, b] = v
+        _apply_all(c, t, nx, all_ptr, all_to, all_lat)
     else:
-        for k in range(upd_ptr[0, c], upd_ptr[0, c + 1]):
-            b = upd_to[0, k]
-            v = t + upd_lat[0, k]
-            if v > nx[0, b]:
-                nx[0, b] = v
-        rg = 2 + bgi
-        for k in range(upd_ptr[1, c], upd_ptr[1, c + 1]):
-            b = upd_to[1, k]
-            v = t + upd_lat[1, k]
-            if v > nx[rg, b]:
-                nx[rg, b] = v
-            if v > nx[1, b]:
-                nx[1, b] = v
-        rb = 2 + n_bg + bgi * bpg + bai
-        for k in range(upd_ptr[2, c], upd_ptr[2, c + 1]):
-            b = upd_to[2, k]
-            v = t + upd_lat[2, k]
-            if v > nx[rb, b]:
-                nx[rb, b] = v
-            if v > nx[1, b]:
-                nx[1, b] = v
+        _apply_bank(c, bgi, bai, t, nx, n_bg, bpg, upd_ptr, upd_to, upd_lat)
     if has_win_from[c]:
         _apply_windows(c, t, win_from, win_size, ring, wcount, whead)
+
+
+@njit(cache=True, inline="always")
+def _apply_all(c, t, nx, all_ptr, all_to, all_lat):
+    """Rules from an all-bank command: every scope folds into the row that binds everywhere."""
+    for k in range(all_ptr[c], all_ptr[c + 1]):
+        b = all_to[k]
+        v = t + all_lat[k]
+        if v > nx[0, b]:
+            nx[0, b] = v
+
+
+@njit(cache=True, inline="always")
+def _apply_bank(c, bgi, bai, t, nx, n_bg, bpg, upd_ptr, upd_to, upd_lat):
+    """Rules from a bank-addressed command: channel scope, its bank group, its bank."""
+    for k in range(upd_ptr[0, c], upd_ptr[0, c + 1]):
+        b = upd_to[0, k]
+        v = t + upd_lat[0, k]
+        if v > nx[0, b]:
+            nx[0, b] = v
+    rg = 2 + bgi
+    for k in range(upd_ptr[1, c], upd_ptr[1, c + 1]):
+        b = upd_to[1, k]
+        v = t + upd_lat[1, k]
+        if v > nx[rg, b]:
+            nx[rg, b] = v
+        if v > nx[1, b]:
+            nx[1, b] = v
+    rb = 2 + n_bg + bgi * bpg + bai
+    for k in range(upd_ptr[2, c], upd_ptr[2, c + 1]):
+        b = upd_to[2, k]
+        v = t + upd_lat[2, k]
+        if v > nx[rb, b]:
+            nx[rb, b] = v
+        if v > nx[1, b]:
+            nx[1, b] = v
 
 
 @njit(cache=True, inline="always")
@@ -162,8 +174,8 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
         bai = ba[i]
         r = row[i]
         # Fast path (most commands): no refresh due, no re-activation pending, not a TMOD
-        # with lookahead. The all-bank update of _apply is written out here: calling _apply
-        # for it (even inlined) runs the MAC16 stream about 4x slower.
+        # with lookahead. It calls the small update helpers directly: _apply inlined whole
+        # made the MAC16 stream about 4x slower.
         t = _earliest(c, bgi, bai, prev, nx, n_bg, bpg, addr_all, win_to, win_lat, win_size,
                       has_win_to, ring, wcount, whead)
         if release[i] > t:
@@ -171,37 +183,11 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
         fast = not has_win_to[c] and not (c == TMOD and tmod_lookahead)
         if fast and (refresh == 0 or t < due) and not (is_column[c] and n_reopen > 0):
             if addr_all[c]:
-                for k in range(all_ptr[c], all_ptr[c + 1]):
-                    b = all_to[k]
-                    v = t + all_lat[k]
-                    if v > nx[0, b]:
-                        nx[0, b] = v
-                if has_win_from[c]:
-                    _apply_windows(c, t, win_from, win_size, ring, wcount, whead)
+                _apply_all(c, t, nx, all_ptr, all_to, all_lat)
             else:
-                for k in range(upd_ptr[0, c], upd_ptr[0, c + 1]):
-                    b = upd_to[0, k]
-                    v = t + upd_lat[0, k]
-                    if v > nx[0, b]:
-                        nx[0, b] = v
-                rg = 2 + bgi
-                for k in range(upd_ptr[1, c], upd_ptr[1, c + 1]):
-                    b = upd_to[1, k]
-                    v = t + upd_lat[1, k]
-                    if v > nx[rg, b]:
-                        nx[rg, b] = v
-                    if v > nx[1, b]:
-                        nx[1, b] = v
-                rb = 2 + n_bg + bgi * bpg + bai
-                for k in range(upd_ptr[2, c], upd_ptr[2, c + 1]):
-                    b = upd_to[2, k]
-                    v = t + upd_lat[2, k]
-                    if v > nx[rb, b]:
-                        nx[rb, b] = v
-                    if v > nx[1, b]:
-                        nx[1, b] = v
-                if has_win_from[c]:
-                    _apply_windows(c, t, win_from, win_size, ring, wcount, whead)
+                _apply_bank(c, bgi, bai, t, nx, n_bg, bpg, upd_ptr, upd_to, upd_lat)
+            if has_win_from[c]:
+                _apply_windows(c, t, win_from, win_size, ring, wcount, whead)
             t0 = t
         else:
             t0 = -1
