@@ -522,7 +522,7 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
         gb_slots = pim["global_buffer_bytes"] // org["column_bytes"]
         pim_cycles = elems // pim["mac_lanes"]
         # one column through the lanes, in command-clock cycles (exact, rounded up)
-        ratio = Fraction(pim_cycles) * Fraction(10**6) / (Fraction(pim["clock_MHz"]) * clock_tck(clk))
+        ratio = Fraction(pim_cycles) * Fraction(10**6) / (Fraction(pim["clock_MHz"]) * Fraction(clk["tCK_ps"]))
         timing["nMAC"] = max(1, math.ceil(ratio))
 
     needed = standard.parameters()
@@ -561,10 +561,6 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
         link=LinkSpec(**link) if link is not None else None,
         sources=FrozenMap({str(k): str(v) for k, v in sources.items()}), origin=ctx.origin,
     )
-
-
-def clock_tck(clk: Mapping[str, Any]) -> int:
-    return clk["tCK_ps"]
 
 
 def preset_leaf_keys(name_or_path: str | Path) -> list[str]:
@@ -727,18 +723,8 @@ def _timing_file_constraint(entry: Any, where: str, timing: Mapping[str, int], c
     return Constraint(tuple(entry["from"]), tuple(entry["to"]), entry["scope"], cycles, formula, window)
 
 
-def load_dram(source: str | Path, overrides: Iterable[str] = ()) -> DramSpec:
-    """A DramSpec from a preset name/file or a ``*.timing.yaml`` reference timing file."""
-    text = str(source)
-    if text.endswith(".timing.yaml") or text.endswith(".timing.yml"):
-        if list(overrides):
-            raise ConfigError(f"{text}: --set applies to presets, not to reference timing files")
-        return load_timing_file(text)
-    return load_preset(text, overrides).dram
-
-
 __all__ = [
     "DramSpec", "SystemSpec", "PimSpec", "ClockSpec", "Param", "PRESET_SECTIONS",
     "TIMING_PARAMETERS", "DERIVED_TIMING", "REFRESH_POLICIES", "load_preset", "load_timing_file",
-    "load_dram", "parse_override", "preset_names", "recognised_quirks", "BANK_ADDRESSED",
+    "parse_override", "preset_names", "recognised_quirks", "BANK_ADDRESSED",
 ]
