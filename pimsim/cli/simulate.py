@@ -72,8 +72,8 @@ def summary(result, out, files) -> str:
     b = s["bounds"]
     bw = s["bandwidth"]
     lines = [
-        f"{s['model']} on {s['preset']} ({s['strategy']} mapping), {s['decode_tokens']} tokens "
-        f"after a {s['prompt_tokens']}-token context",
+        f"{s['model']} on {s['preset']} ({s['strategy']} mapping), {s['decode_tokens']} "
+        f"token{'s' if s['decode_tokens'] != 1 else ''} after a {s['prompt_tokens']}-token context",
         f"  latency per token   {s['latency_per_token_s'] * 1e6:,.1f} us  ({s['tokens_per_s']:,.0f} tokens/s)",
         f"  bounds              DRAM timing {b['dram_timing_bound_s'] * 1e6:,.1f} us, "
         f"bandwidth {b['bandwidth_bound_s'] * 1e6:,.1f} us",
