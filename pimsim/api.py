@@ -44,6 +44,13 @@ def _trace_hash(trace) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def _channel_time(cycles: dict[str, int], total_s: float, d, tokens: int) -> dict[str, float]:
+    """Per channel and token: what the channel's time went to (``idle``: no kernel)."""
+    per = {k: v * d.tCK_ps * 1e-12 / d.channels / tokens for k, v in sorted(cycles.items())}
+    per["idle"] = max(total_s / tokens - sum(per.values()), 0.0)
+    return per
+
+
 def load_model(model) -> object:
     """A registry name, a trace file path, or a Trace as it is."""
     import workloads
@@ -98,6 +105,7 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
     asic_totals: dict[str, int] = {}
     bytes_totals: dict[str, int] = {}
     crit: dict[str, int] = {}
+    chan: dict[str, int] = {}
     stall = 0
     for i in range(tokens):
         kv_len = prompt + i + 1
@@ -108,6 +116,8 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
         for k, v in step.critical_ps.items():
             name = CATEGORIES.get(k, k)
             crit[name] = crit.get(name, 0) + v
+        for k, v in step.channel_cycles.items():
+            chan[k] = chan.get(k, 0) + v
         stall += step.refresh_stall_cycles
         result.steps.append({"kv_len": kv_len, "latency_s": step.latency_ps * 1e-12,
                              "start_s": step.start_ps * 1e-12})
@@ -145,6 +155,7 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
         "breakdown_s": {k: v * 1e-12 / tokens for k, v in sorted(crit.items())},
         "busy_s": None,
         "refresh_stall_s": stall * d.tCK_ps * 1e-12 / d.channels / tokens,
+        "channel_time_s": _channel_time(chan, total_s, d, tokens),
         "energy_per_token_J": e_tok,
         "energy_breakdown_J": {k: energy["nominal"][k] / tokens for k in sorted(energy["nominal"])},
         "energy_breakdown_range_J": {c: {k: v / tokens for k, v in sorted(b.items())}

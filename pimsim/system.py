@@ -36,6 +36,14 @@ from pimsim.standard import CMD_ID, COMMANDS
 
 KERNEL, ASIC, TRANSFER = "kernel", "asic", "transfer"
 
+#: what a channel cycle after each command is spent on
+COMMAND_CLASS = {"ACT": "activate", "ACT16": "activate", "MAC16": "mac", "RD": "read_write",
+                 "WR": "read_write", "PRE": "precharge", "PREA": "precharge", "REFab": "refresh",
+                 "REFpb": "refresh", "WRGB": "buffer_load", "RDMAC16": "result_readout",
+                 "TMOD": "mode_switch"}
+_CLASS_OF = np.array([sorted(set(COMMAND_CLASS.values())).index(COMMAND_CLASS[c]) for c in COMMANDS])
+_CLASSES = sorted(set(COMMAND_CLASS.values()))
+
 
 def node_kind(item) -> str:
     if hasattr(item, "commands") and hasattr(item, "channel"):
@@ -64,6 +72,10 @@ class StepStats:
     #: picoseconds of the step's critical path by category; "wait" is time a node on the
     #: path was ready but queued for its resource (sums to the step latency)
     critical_ps: dict[str, int] = field(default_factory=dict)
+    #: channel cycles by what they were spent on, summed over channels: each interval
+    #: between two commands of a kernel goes to the command before it (the one whose
+    #: timing the next command waits out), the last command of a kernel gets one cycle
+    channel_cycles: dict[str, int] = field(default_factory=dict)
 
     @property
     def latency_ps(self) -> int:
@@ -118,8 +130,16 @@ class SystemSimulator:
                 if v:
                     stats.counts[k] = stats.counts.get(k, 0) + v
             stats.refresh_stall_cycles += res.refresh_stall_cycles
+            cycles, log = merge_log(stream, res)
+            spans = np.empty(cycles.size, dtype=np.int64)
+            spans[:-1] = np.diff(cycles)
+            spans[-1] = 1
+            per_class = np.bincount(_CLASS_OF[log.cmd], weights=spans, minlength=len(_CLASSES))
+            for name, v in zip(_CLASSES, per_class.tolist()):
+                if v:
+                    stats.channel_cycles[name] = stats.channel_cycles.get(name, 0) + int(v)
             if self.keep_logs:
-                self.logs[c].append(merge_log(stream, res))
+                self.logs[c].append((cycles, log))
             yield self.env.timeout(max(issue_end - self.env.now, 0))
         # the channel is free; the results arrive when the last read's data is back
         if done > self.env.now:

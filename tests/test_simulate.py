@@ -27,6 +27,10 @@ def test_result_fields_and_consistency(result):
     assert d["latency_per_token_s"] == pytest.approx(sum(s["latency_s"] for s in d["steps"]) / 2)
     # the critical-path breakdown adds up to the latency
     assert sum(d["breakdown_s"].values()) == pytest.approx(d["latency_per_token_s"], rel=1e-9)
+    # the channels' time, itemised, adds up to the latency (idle is the rest)
+    ct = d["channel_time_s"]
+    assert all(v >= 0 for v in ct.values()) and ct["mac"] > 0 and ct["mode_switch"] > 0
+    assert sum(ct.values()) == pytest.approx(d["latency_per_token_s"], rel=1e-9)
     e = d["energy_per_token_J"]
     assert e["low"] < e["nominal"] < e["high"]
     assert sum(d["energy_breakdown_J"].values()) == pytest.approx(e["nominal"])

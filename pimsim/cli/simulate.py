@@ -79,6 +79,8 @@ def summary(result, out, files) -> str:
         f"bandwidth {b['bandwidth_bound_s'] * 1e6:,.1f} us",
         "  breakdown           " + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in s["breakdown_s"].items()),
         f"  refresh stalls      {s['refresh_stall_s'] * 1e6:,.1f} us per channel and token",
+        "  channel time        " + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in s["channel_time_s"].items()
+                                           if v * 1e6 >= 0.05),
         f"  energy per token    {e['nominal'] * 1e3:,.3f} mJ (range {e['low'] * 1e3:,.3f} - {e['high'] * 1e3:,.3f})",
         f"  row-hit rate        {s['row_hit_rate']:.4f}",
         f"  bandwidth           internal {bw['internal_Bps'] / 1e12:,.2f} of {bw['internal_peak_Bps'] / 1e12:,.2f} TB/s, "
