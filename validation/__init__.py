@@ -1,0 +1,1 @@
+"""Validation: measured CPU/GPU baselines with their environment, and comparisons."""
