@@ -130,16 +130,23 @@ class SystemSimulator:
                 if v:
                     stats.counts[k] = stats.counts.get(k, 0) + v
             stats.refresh_stall_cycles += res.refresh_stall_cycles
-            cycles, log = merge_log(stream, res)
-            spans = np.empty(cycles.size, dtype=np.int64)
-            spans[:-1] = np.diff(cycles)
+            ins = res.inserted
+            if ins["cycle"].size:
+                # issue cycles strictly increase in issue order: sorting merges the log
+                cyc = np.concatenate([res.cycles, ins["cycle"]])
+                order = np.argsort(cyc, kind="stable")
+                cyc, cmds = cyc[order], np.concatenate([stream.cmd, ins["cmd"]])[order]
+            else:
+                cyc, cmds = res.cycles, stream.cmd
+            spans = np.empty(cyc.size, dtype=np.int64)
+            spans[:-1] = np.diff(cyc)
             spans[-1] = 1
-            per_class = np.bincount(_CLASS_OF[log.cmd], weights=spans, minlength=len(_CLASSES))
+            per_class = np.bincount(_CLASS_OF[cmds], weights=spans, minlength=len(_CLASSES))
             for name, v in zip(_CLASSES, per_class.tolist()):
                 if v:
                     stats.channel_cycles[name] = stats.channel_cycles.get(name, 0) + int(v)
             if self.keep_logs:
-                self.logs[c].append((cycles, log))
+                self.logs[c].append(merge_log(stream, res))
             yield self.env.timeout(max(issue_end - self.env.now, 0))
         # the channel is free; the results arrive when the last read's data is back
         if done > self.env.now:
@@ -157,31 +164,34 @@ class SystemSimulator:
         stats.asic["cycles"] = stats.asic.get("cycles", 0) + cost.cycles
         return start, self.env.now
 
-    def _transfer(self, item, stats: StepStats):
-        start = self.env.now
-        stats.transfer_bytes[item.direction] = stats.transfer_bytes.get(item.direction, 0) + item.bytes
-        yield self.env.timeout(self.link_latency_ps)
-        return start, self.env.now
-
     def _node(self, name, item, kind, deps, stats: StepStats, category: str, times: dict):
+        # deps: (process, predecessor name, link delay in ps) per data dependency
         if deps:
-            yield simpy.AllOf(self.env, deps)
-        ready = self.env.now
+            yield simpy.AllOf(self.env, list({d[0] for d in deps}))
+        ready, via, delay = self.env.now, None, 0
+        for _, pred, lat in deps:
+            arrive = times[pred][2] + lat
+            if via is None or arrive > ready or (arrive == ready and pred > via):
+                ready, via, delay = max(arrive, ready), pred, lat
+        if ready > self.env.now:
+            yield self.env.timeout(ready - self.env.now)
         if kind == KERNEL:
             start, end = yield from self._kernel(item, stats)
-        elif kind == ASIC:
-            start, end = yield from self._asic(item, stats)
         else:
-            start, end = yield from self._transfer(item, stats)
+            start, end = yield from self._asic(item, stats)
         stats.busy_ps[category] = stats.busy_ps.get(category, 0) + (end - start)
-        times[name] = (ready, start, end, category)
+        times[name] = (ready, start, end, category, via, delay)
         if stats.timeline is not None:
             ch = getattr(item, "channel", -1)
             stats.timeline.append((name, category, ch, start, end))
 
     # ------------------------------------------------------------------ public
     def run_step(self, program) -> StepStats:
-        """Run one program from the current time; returns its stats."""
+        """Run one program from the current time; returns its stats.
+
+        Transfers hold no resource, so they are not processes of their own: a node whose
+        input comes through a transfer waits the link latency after its producer finished
+        (exactly what a transfer process would give), which halves the events per step."""
         import networkx as nx
 
         g = program.graph
@@ -189,15 +199,47 @@ class SystemSimulator:
                           timeline=[] if self.keep_timeline else None)
         procs = {}
         times: dict = {}
+        kinds = {n: node_kind(g.nodes[n]["item"]) for n in g.nodes}
+
+        def sources(name, lat, out):
+            """(producer, accumulated link delay) behind a predecessor."""
+            if kinds[name] != TRANSFER:
+                out.append((name, lat))
+                return
+            item = g.nodes[name]["item"]
+            for p in g.predecessors(name):
+                sources(p, lat + self.link_latency_ps, out)
+            if g.in_degree(name) == 0:
+                out.append((None, lat))
+
         for name in nx.topological_sort(g):
             item = g.nodes[name]["item"]
-            kind = node_kind(item)
+            kind = kinds[name]
+            if kind == TRANSFER:
+                d = item.direction
+                stats.transfer_bytes[d] = stats.transfer_bytes.get(d, 0) + item.bytes
+                continue
             category = getattr(item, "what", None) if kind == KERNEL else kind
-            deps = [procs[p] for p in g.predecessors(name)]
+            found: list = []
+            for p in g.predecessors(name):
+                sources(p, 0, found)
+            start_delay = max((lat for p, lat in found if p is None), default=0)
+            deps = [(procs[p], p, lat) for p, lat in found if p is not None]
+            if start_delay:
+                deps.append((self.env.timeout(start_delay), "", 0))
             procs[name] = self.env.process(self._node(name, item, kind, deps, stats, category, times))
+        times[""] = (stats.start_ps, stats.start_ps, stats.start_ps, "wait", None, 0)
         self.env.run()
         stats.end_ps = self.env.now
-        stats.critical_ps = _critical_path(g, times, stats.start_ps, stats.end_ps)
+        del times[""]
+        stats.critical_ps = _critical_path(times, stats.start_ps, stats.end_ps)
+        if stats.timeline is not None:
+            for name in g.nodes:
+                if kinds[name] == TRANSFER:
+                    ends = [times[p][2] for p in g.predecessors(name) if p in times]
+                    t0 = max(ends, default=stats.start_ps)
+                    it = g.nodes[name]["item"]
+                    stats.timeline.append((name, TRANSFER, it.channel, t0, t0 + self.link_latency_ps))
         return stats
 
     def check_logs(self) -> list:
@@ -215,10 +257,10 @@ class SystemSimulator:
         return out
 
 
-def _critical_path(g, times: dict, start_ps: int, end_ps: int) -> dict[str, int]:
-    """Walk back from the node that finished last through the predecessor that finished
-    last: each node on the path contributes its run time to its category and the time it
-    waited for its resource to "wait"; gaps before the first node are "wait" too."""
+def _critical_path(times: dict, start_ps: int, end_ps: int) -> dict[str, int]:
+    """Walk back from the node that finished last through the input that arrived last:
+    each node on the path adds its run time to its category, the link latency on the way
+    to "transfer", and the time it waited for its resource to "wait"."""
     out: dict[str, int] = {}
     if not times:
         out["wait"] = end_ps - start_ps
@@ -226,12 +268,13 @@ def _critical_path(g, times: dict, start_ps: int, end_ps: int) -> dict[str, int]
     node = max(times, key=lambda n: (times[n][2], n))
     t = end_ps
     while node is not None:
-        ready, start, end, cat = times[node]
+        ready, start, end, cat, via, delay = times[node]
         out[cat] = out.get(cat, 0) + (min(end, t) - start)
         out["wait"] = out.get("wait", 0) + (start - ready) + (t - min(end, t))
-        t = ready
-        preds = [p for p in g.predecessors(node) if p in times]
-        node = max(preds, key=lambda n: (times[n][2], n)) if preds else None
+        if delay:
+            out["transfer"] = out.get("transfer", 0) + delay
+        t = ready - delay
+        node = via if via in times else None
     out["wait"] = out.get("wait", 0) + (t - start_ps)
     return out
 
