@@ -167,7 +167,7 @@ class SystemSimulator:
     def _node(self, name, item, kind, deps, stats: StepStats, category: str, times: dict):
         # deps: (process, predecessor name, link delay in ps) per data dependency
         if deps:
-            yield simpy.AllOf(self.env, list({d[0] for d in deps}))
+            yield simpy.AllOf(self.env, list(dict.fromkeys(d[0] for d in deps)))
         ready, via, delay = self.env.now, None, 0
         for _, pred, lat in deps:
             arrive = times[pred][2] + lat
