@@ -15,7 +15,7 @@ from pimsim.errors import PimsimError
 
 __version__ = "0.1.0"
 
-__all__ = ["PimsimError", "__version__", "simulate"]
+__all__ = ["PimsimError", "__version__", "simulate", "sweep"]
 
 
 def __getattr__(name: str):
@@ -24,4 +24,10 @@ def __getattr__(name: str):
         from pimsim.api import simulate
 
         return simulate
+    if name == "sweep":
+        # a callable module: pimsim.sweep(...) runs a sweep; pimsim.sweep.plan,
+        # .pareto_front and .load are its helpers
+        import importlib
+
+        return importlib.import_module("pimsim.sweep")
     raise AttributeError(f"module 'pimsim' has no attribute {name!r}")

@@ -39,7 +39,8 @@ class SimulationResult:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
-def _trace_hash(trace) -> str:
+def trace_hash(trace) -> str:
+    """SHA-256 of a trace's canonical JSON."""
     text = json.dumps(trace.raw, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -97,7 +98,7 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
     d = spec.dram
     t = d.timing
     result = SimulationResult(meta={
-        "pimsim_version": __version__, "model": trace.model, "trace_hash": _trace_hash(trace),
+        "pimsim_version": __version__, "model": trace.model, "trace_hash": trace_hash(trace),
         "spec_digest": spec.digest, "preset": spec.name, "strategy": strategy,
         "prompt_tokens": prompt, "decode_tokens": tokens, "parameters": trace.parameters,
     }, timeline=[] if timeline else None)

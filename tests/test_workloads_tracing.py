@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+import torch  # noqa: E402  (the models extra, installed by the test command)
+import transformers  # noqa: E402,F401
 
 import workloads  # noqa: E402
 from pimsim.cli import main  # noqa: E402

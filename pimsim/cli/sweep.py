@@ -1,0 +1,65 @@
+"""``pimsim sweep``: a design-space sweep, locally or on a Dask cluster."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="run a design-space sweep (grid or random) into a results table",
+        description="Expand SWEEP.yaml (a base preset, models, and axes over preset keys, mapping "
+                    "strategy, prompt and tokens) into points, simulate each, and write one row per "
+                    "point to DIR/results.csv and DIR/results.jsonl (sorted by point index). "
+                    "Finished points are appended to DIR/journal.jsonl as they arrive; --resume "
+                    "skips them. See docs/sweeps.md.")
+    p.add_argument("file", metavar="SWEEP.yaml", help="sweep file")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local worker processes (default: one per core; 1 runs in this process)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run the points on this Dask distributed scheduler instead")
+    p.add_argument("--out", metavar="DIR",
+                   help="output folder (default results/<sweep file name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the sweep in DIR, skipping the points it already holds")
+    p.set_defaults(func=run)
+
+
+class _Progress:
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, row: dict) -> None:
+        if not self.tty:
+            return
+        width = 30
+        fill = int(width * done / total)
+        sys.stderr.write(f"\rsweeping [{'#' * fill}{'.' * (width - fill)}] {done}/{total} points")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def run(args) -> int:
+    from pimsim.errors import PimsimError
+    from pimsim.sweep import sweep
+
+    if args.workers is not None and args.workers < 1:
+        raise PimsimError(f"--workers must be at least 1, got {args.workers}")
+    if args.scheduler and args.workers is not None:
+        raise PimsimError("--workers applies to the local pool; a --scheduler cluster has its own workers")
+    out = args.out or str(Path("results") / Path(args.file).stem)
+    result = sweep(args.file, workers=args.workers, scheduler=args.scheduler, out=out,
+                   resume=args.resume, progress=_Progress())
+    ran = len(result.rows) - result.skipped
+    lines = [f"{result.name}: {len(result.rows)} of {result.total} points "
+             f"({ran} run, {result.skipped} already finished), "
+             f"{len(result.ok)} ok, {len(result.failed)} failed"]
+    for row in result.failed[:5]:
+        lines.append(f"  point {row['index']} failed: {row['error']}")
+    if len(result.failed) > 5:
+        lines.append(f"  ... and {len(result.failed) - 5} more (see the error column)")
+    lines.append(f"  wrote results.csv, results.jsonl in {out}")
+    print("\n".join(lines))
+    return 0

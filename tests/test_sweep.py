@@ -1,0 +1,244 @@
+"""Design-space sweeps: planning and its errors, identical tables on every executor,
+failing points, and kill/resume durability."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import pimsim.sweep as sweeps
+from pimsim.cli import main
+from pimsim.errors import PimsimError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# `pimsim sweep` through the real entry point (the list append is a no-op once the
+# subcommand is registered in pimsim.cli.SUBCOMMANDS)
+_ENTRY = ("import sys; from pimsim import cli; "
+          "'sweep' in cli.SUBCOMMANDS or cli.SUBCOMMANDS.append('sweep'); sys.exit(cli.main())")
+
+
+@pytest.fixture(autouse=True)
+def _sweep_command(monkeypatch):
+    import pimsim.cli
+
+    if "sweep" not in pimsim.cli.SUBCOMMANDS:
+        monkeypatch.setattr(pimsim.cli, "SUBCOMMANDS", [*pimsim.cli.SUBCOMMANDS, "sweep"])
+
+#: 12 cheap points: GPT-2 small, one decode token after a 4-token context.
+GRID = """\
+name: grid12
+models: [gpt2-small]
+prompt: 4
+tokens: 1
+axes:
+  asic.clock_MHz: [500, 1000, 2000]
+  refresh.policy: ["off", ab]
+  pim.mac_lanes: [8, 16]
+"""
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in (sweeps.TABLE_CSV, sweeps.TABLE_JSONL)}
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sweep") / "grid12.yaml"
+    path.write_text(GRID)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(grid_file, tmp_path_factory) -> dict[str, bytes]:
+    """The grid run in this process (1 worker), uninterrupted."""
+    out = tmp_path_factory.mktemp("ref")
+    result = sweeps.sweep(grid_file, workers=1, out=out)
+    assert result.complete and len(result.ok) == 12, result.failed
+    return _files(out)
+
+
+# ----------------------------------------------------------------------------- planning
+
+@pytest.mark.unit
+def test_grid_expands_in_document_order(grid_file):
+    plan = sweeps.plan(grid_file)
+    assert len(plan.points) == 12
+    assert plan.axes == ("asic.clock_MHz", "refresh.policy", "pim.mac_lanes")
+    first, last = plan.points[0], plan.points[-1]
+    assert first.overrides == ("asic.clock_MHz=500", "refresh.policy=off", "pim.mac_lanes=8")
+    assert last.overrides == ("asic.clock_MHz=2000", "refresh.policy=ab", "pim.mac_lanes=16")
+    assert len({p.key for p in plan.points}) == 12
+    assert len({p.spec_digest for p in plan.points}) == 12
+    assert plan.digest == sweeps.plan(grid_file).digest
+
+
+@pytest.mark.unit
+def test_random_sampling_is_seeded_and_ranges_expand():
+    doc = {"sampling": "random", "samples": 20, "seed": 3, "prompt": 4,
+           "axes": {"asic.clock_MHz": {"low": 100, "high": 2000, "scale": "log"},
+                    "organization.channels": [4, 8, 16], "strategy": ["pim-gpt", "column"]},
+           "points": [{}]}
+    a, b = sweeps.plan(doc), sweeps.plan(doc)
+    assert a.digest == b.digest and len(a.points) == 21
+    assert a.digest != sweeps.plan({**doc, "seed": 4}).digest
+    clocks = [dict(p.values)["asic.clock_MHz"] for p in a.points[:20]]
+    assert all(isinstance(c, int) and 100 <= c <= 2000 for c in clocks)
+    assert a.points[-1].overrides == () and a.points[-1].strategy == "pim-gpt"
+    grid = sweeps.plan({"axes": {"asic.clock_MHz": {"low": 100, "high": 1000, "num": 3, "scale": "log"}}})
+    assert [dict(p.values)["asic.clock_MHz"] for p in grid.points] == [100, 316, 1000]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_sweep_files_plan(path):
+    plan = sweeps.plan(path)
+    assert plan.points and plan.name == path.stem
+
+
+BAD = [
+    ({"modles": ["gpt2-small"]}, "modles: unknown key"),
+    ({"models": ["gpt9"]}, "models[0]: unknown model 'gpt9'"),
+    ({"axes": {"strategy": ["pim-gpt", "diagonal"]}}, "axes.strategy[1]: unknown mapping strategy 'diagonal'"),
+    ({"axes": {"organization.chanels": [4]}}, "organization.chanels=4"),
+    ({"axes": {"organization.channels": [8, 0]}}, "organization.channels=0"),
+    ({"axes": {"pim.mac_lanes": [3]}}, "pim.mac_lanes=3"),
+    ({"axes": {"asic.clock_MHz": "fast"}}, "axes.asic.clock_MHz: expected a non-empty list"),
+    ({"axes": {"tokens": [0]}}, "axes.tokens[0]: expected a positive number"),
+    ({"axes": {"asic.clock_MHz": {"low": 1, "high": 2}}}, "axes.asic.clock_MHz.num"),
+    ({"sampling": "random"}, "samples: random sampling needs"),
+    ({"prompt": -1}, "prompt: expected a non-negative"),
+    ({"preset": "pim-xyz"}, "preset: unknown preset 'pim-xyz'"),
+    ({"set": ["refresh.policy=sometimes"]}, "set: --set refresh.policy=sometimes"),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("doc,message", BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_sweep_documents_name_the_key_and_value(doc, message):
+    with pytest.raises(PimsimError) as info:
+        sweeps.plan(doc)
+    text = str(info.value)
+    assert message in text and "\n" not in text and text.startswith("sweep: ")
+
+
+@pytest.mark.e2e
+def test_cli_bad_file_exits_2_without_output(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(GRID.replace("pim.mac_lanes: [8, 16]", "pim.mac_lanes: [8, 5]"))
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pimsim: error: {path}: axes (") and "pim.mac_lanes=5" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- execution
+
+@pytest.mark.e2e
+def test_two_local_workers_and_dask_give_identical_tables(grid_file, reference, tmp_path, capsys):
+    import distributed  # installed by the test extra
+    pool = tmp_path / "pool"
+    assert main(["sweep", str(grid_file), "--workers", "2", "--out", str(pool)]) == 0
+    assert "12 of 12 points (12 run, 0 already finished), 12 ok, 0 failed" in capsys.readouterr().out
+    assert _files(pool) == reference
+
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+    try:
+        dask = tmp_path / "dask"
+        assert main(["sweep", str(grid_file), "--scheduler", cluster.scheduler_address,
+                     "--out", str(dask)]) == 0
+    finally:
+        cluster.close()
+    assert _files(dask) == reference
+
+    rows = [json.loads(line) for line in reference[sweeps.TABLE_JSONL].decode().splitlines()]
+    assert [r["index"] for r in rows] == list(range(12))
+    assert all(r["spec_digest"] and r["trace_hash"].startswith("sha256:") for r in rows)
+    header = reference[sweeps.TABLE_CSV].decode().splitlines()[0].split(",")
+    assert header[:len(sweeps.LEAD_COLUMNS)] == list(sweeps.LEAD_COLUMNS)
+    assert {"tokens_per_s", "energy_per_token_J.nominal", "row_hit_rate"} <= set(header)
+
+
+@pytest.mark.e2e
+def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # a 2000-token context does not fit GPT-2's 1024 positions: that point fails at run time
+    doc = {"prompt": 4, "axes": {"prompt": [4, 2000]}}
+    result = sweeps.sweep(doc, workers=2, out=tmp_path)
+    assert [r["status"] for r in result.rows] == ["ok", "error"]
+    assert "1024" in result.rows[1]["error"] and "\n" not in result.rows[1]["error"]
+    assert "tokens_per_s" not in result.rows[1] and result.rows[1]["spec_digest"]
+    assert len(result.ok) == 1 and result.complete
+    csv = (tmp_path / sweeps.TABLE_CSV).read_text().splitlines()
+    assert len(csv) == 3 and ",error," in csv[2]
+
+
+@pytest.mark.e2e
+def test_an_existing_sweep_folder_needs_resume(grid_file, reference, tmp_path):
+    sweeps.sweep({"prompt": 4}, out=tmp_path)
+    with pytest.raises(PimsimError, match="already holds a sweep"):
+        sweeps.sweep({"prompt": 4}, out=tmp_path)
+    with pytest.raises(PimsimError, match="holds a different sweep"):
+        sweeps.sweep({"prompt": 5}, out=tmp_path, resume=True)
+    again = sweeps.sweep({"prompt": 4}, out=tmp_path, resume=True)
+    assert again.skipped == 1 and again.complete
+
+
+@pytest.mark.e2e
+def test_kill_mid_sweep_then_resume_loses_and_duplicates_nothing(grid_file, reference, tmp_path):
+    out = tmp_path / "killed"
+    journal = out / sweeps.JOURNAL
+    cmd = [sys.executable, "-c", _ENTRY, "sweep", str(grid_file), "--workers", "2", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        finished = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists():
+                finished = journal.read_bytes().count(b"\n")
+                if finished >= 3:
+                    break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its pool workers
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    assert 3 <= finished < 12
+    assert not (out / sweeps.TABLE_CSV).exists()
+    before = sweeps.read_journal(journal)
+    assert 3 <= len(before) < 12
+    # a kill in the middle of a write leaves a torn last line: resume must discard it
+    with open(journal, "ab") as fh:
+        fh.write(b'{"index": 11, "status": "ok", "tokens_per')
+
+    assert main(["sweep", str(grid_file), "--workers", "2", "--out", str(out), "--resume"]) == 0
+    assert _files(out) == reference
+    lines = journal.read_bytes().decode().splitlines()
+    indices = [json.loads(line)["index"] for line in lines]
+    assert sorted(indices) == list(range(12))  # each point exactly once
+    assert sweeps.load(out).complete
+
+
+@pytest.mark.e2e
+def test_a_script_without_main_guard_can_use_the_pool(tmp_path):
+    # worker processes must not re-run the calling script (notebooks exported as scripts)
+    script = tmp_path / "study.py"
+    script.write_text("from pimsim.sweep import sweep\n"
+                      "r = sweep({'prompt': 4, 'axes': {'asic.clock_MHz': [500, 1000]}}, workers=2)\n"
+                      "print(len(r.ok))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr[-2000:]
