@@ -121,6 +121,18 @@ def _apply_windows(c, t, win_from, win_size, ring, wcount, whead):
             wcount[w] += 1
 
 
+@njit(cache=True, inline="always")
+def _record(j, i, c, bgi, bai, r, t, ins_pos, ins_cmd, ins_bg, ins_ba, ins_row, ins_cycle, counts):
+    """Log an inserted command (the j-th) issued at t before input command i."""
+    ins_pos[j] = i
+    ins_cmd[j] = c
+    ins_bg[j] = bgi
+    ins_ba[j] = bai
+    ins_row[j] = r
+    ins_cycle[j] = t
+    counts[c] += 1
+
+
 @njit(cache=True)
 def new_state(n_bg, n_banks, win_size, first_due):
     """A fresh channel: nothing issued, all banks closed, first refresh due at first_due.
@@ -251,14 +263,9 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
                             n_reopen += 1
                         _apply(nc, nbg, nba, tr, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
                                all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead, has_win_from)
-                        ins_pos[n_ins] = i
-                        ins_cmd[n_ins] = nc
-                        ins_bg[n_ins] = nbg
-                        ins_ba[n_ins] = nba
-                        ins_row[n_ins] = -1
-                        ins_cycle[n_ins] = tr
+                        _record(n_ins, i, nc, nbg, nba, -1, tr, ins_pos, ins_cmd, ins_bg, ins_ba,
+                                ins_row, ins_cycle, counts)
                         n_ins += 1
-                        counts[nc] += 1
                         prev = tr
                         nc = REFAB if refresh == 1 else REFPB
                         tr = _earliest(nc, nbg, nba, prev, nx, n_bg, bpg, addr_all, win_to, win_lat,
@@ -267,14 +274,9 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
                             tr = due
                     _apply(nc, nbg, nba, tr, nx, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat,
                            all_ptr, all_to, all_lat, win_from, win_size, ring, wcount, whead, has_win_from)
-                    ins_pos[n_ins] = i
-                    ins_cmd[n_ins] = nc
-                    ins_bg[n_ins] = nbg
-                    ins_ba[n_ins] = nba
-                    ins_row[n_ins] = -1
-                    ins_cycle[n_ins] = tr
+                    _record(n_ins, i, nc, nbg, nba, -1, tr, ins_pos, ins_cmd, ins_bg, ins_ba,
+                            ins_row, ins_cycle, counts)
                     n_ins += 1
-                    counts[nc] += 1
                     prev = tr
                     if refresh == 2:
                         rr = (rr + 1) % n_banks
@@ -326,14 +328,9 @@ def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd
                             open_row[abg * bpg + aba] = arow
                             reopen[abg * bpg + aba] = -1
                             n_reopen -= 1
-                        ins_pos[n_ins] = i
-                        ins_cmd[n_ins] = ac
-                        ins_bg[n_ins] = abg
-                        ins_ba[n_ins] = aba
-                        ins_row[n_ins] = arow
-                        ins_cycle[n_ins] = ta
+                        _record(n_ins, i, ac, abg, aba, arow, ta, ins_pos, ins_cmd, ins_bg, ins_ba,
+                                ins_row, ins_cycle, counts)
                         n_ins += 1
-                        counts[ac] += 1
                         prev = ta
                         continue
                 break
