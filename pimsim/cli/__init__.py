@@ -15,7 +15,7 @@ from pimsim import __version__
 from pimsim.errors import PimsimError
 
 #: Subcommand modules, in the order ``pimsim --help`` lists them.
-SUBCOMMANDS = ["simulate", "sweep", "replay", "check", "presets", "trace", "map"]
+SUBCOMMANDS = ["simulate", "sweep", "validate", "replay", "check", "presets", "trace", "map"]
 
 
 class _Parser(argparse.ArgumentParser):
