@@ -99,7 +99,7 @@ def build(name: str, precision: str, device: str, seed: int = 0):
 
 
 def measure_one(model, name: str, precision: str, threads: int, prompt: int, tokens: int,
-                warmup: int, device: str, seed: int = 0) -> dict:
+                warmup: int, device: str, seed: int = 0, compile_mode: str = "none") -> dict:
     import torch
 
     torch.manual_seed(seed)
@@ -139,6 +139,7 @@ def measure_one(model, name: str, precision: str, threads: int, prompt: int, tok
         "model": name, "parameters": sum(p.numel() for p in model.parameters()),
         "device": device, "precision": precision, "threads": threads, "kv_cache": True,
         "batch": 1, "prompt_tokens": prompt, "decode_tokens": tokens, "warmup_tokens": warmup,
+        "compile": compile_mode,
         "median_s_per_token": statistics.median(steps),
         "mean_s_per_token": statistics.fmean(steps),
         "stdev_s_per_token": statistics.stdev(steps) if len(steps) > 1 else 0.0,
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead"),
+                    help="torch.compile mode ('reduce-overhead' uses CUDA graphs on CUDA); default eager")
     ap.add_argument("--out", default=str(Path(__file__).parent / "data"))
     args = ap.parse_args(argv)
     import torch
@@ -179,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         for precision in args.precision.split(","):
             model = build(name, precision, args.device)
+            if args.compile != "none":
+                model = torch.compile(model, mode=args.compile, dynamic=True)
             for n in threads:
                 r = measure_one(model, name, precision, n, args.prompt, args.tokens, args.warmup,
-                                args.device)
+                                args.device, compile_mode=args.compile)
                 r["environment"] = env
-                path = Path(args.out) / f"{args.device}-{name}-{precision}-t{n}.json"
+                tag = "" if args.compile == "none" else f"-compile-{args.compile}"
+                path = Path(args.out) / f"{args.device}-{name}-{precision}-t{n}{tag}.json"
                 with atomic_write(path) as fh:
                     json.dump(r, fh, indent=1, sort_keys=True)
                     fh.write("\n")
