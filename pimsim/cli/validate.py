@@ -41,8 +41,10 @@ def run(args) -> int:
     if tokens < 1 or args.prompt < 0:
         raise PimsimError(f"--tokens must be positive and --prompt non-negative, got {tokens}, {args.prompt}")
     models = QUICK_MODELS if args.quick else PAPER_MODELS
+    # GPT2-XL needs 8 channels to fit (4 GB); the quick run scales GPT-2 small from 4
     runs = collect(models, prompt=args.prompt, tokens=tokens,
-                   scaling_model="gpt2-small" if args.quick else "gpt2-xl", progress=_progress)
+                   scaling_model="gpt2-small" if args.quick else "gpt2-xl",
+                   channel_counts=(4, 8, 16) if args.quick else (8, 16, 32), progress=_progress)
     rows = evaluate(runs)
     measurements = load_measurements()
     files = render(runs, rows, fit(measurements), measurements)
