@@ -206,7 +206,6 @@ class SystemSimulator:
             if kinds[name] != TRANSFER:
                 out.append((name, lat))
                 return
-            item = g.nodes[name]["item"]
             for p in g.predecessors(name):
                 sources(p, lat + self.link_latency_ps, out)
             if g.in_degree(name) == 0:

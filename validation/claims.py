@@ -147,8 +147,8 @@ def evaluate(runs: Runs) -> list[dict]:
                   for m in runs.models])
     row("ASIC 1 GHz -> 100 MHz slowdown", PAPER["asic_100mhz_slowdown"], slow, "at most 20 %",
         slow[1] <= PAPER["asic_100mhz_slowdown"], "simulated with asic.clock_MHz=100",
-        f"the ASIC's critical-path share (above) grows 10x at 100 MHz; with more lanes "
-        f"(asic.lanes) or overlap of ASIC work with the next VMM it would shrink")
+        "the ASIC's critical-path share (above) grows 10x at 100 MHz; with more lanes "
+        "(asic.lanes) or overlap of ASIC work with the next VMM it would shrink")
     counts = sorted(runs.channels)
     lat = [runs.channels[k]["latency_per_token_s"] for k in counts]
     eff = (lat[0] / lat[-1]) / (counts[-1] / counts[0])

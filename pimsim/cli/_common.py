@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+
 from pimsim.errors import PimsimError
+
+
+def progress_bar(verb: str, unit: str):
+    """A progress callback ``(done, total, *rest)`` drawing a bar on a terminal's stderr
+    (nothing when stderr is not a terminal)."""
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int, *_rest) -> None:
+        if not tty:
+            return
+        width = 30
+        fill = int(width * done / total) if total else width
+        sys.stderr.write(f"\r{verb} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {unit}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
 
 
 def add_spec_arguments(p) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 
+from pimsim.cli._common import progress_bar
 from pimsim.errors import PimsimError
 
 DEFAULT_MODEL = "gpt2-small"
@@ -33,17 +33,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _progress(done: int, total: int) -> None:
-    if not sys.stderr.isatty():
-        return
-    width = 30
-    fill = int(width * done / total)
-    sys.stderr.write(f"\rsimulating [{'#' * fill}{'.' * (width - fill)}] {done}/{total} tokens")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
 def run(args) -> int:
     from pimsim.api import simulate
 
@@ -51,7 +40,7 @@ def run(args) -> int:
         raise PimsimError("--timeline needs --out DIR")
     result = simulate(args.model, preset=args.preset, overrides=args.overrides,
                       prompt=args.prompt, tokens=args.tokens, strategy=args.strategy,
-                      timeline=args.timeline, check=args.check, progress=_progress)
+                      timeline=args.timeline, check=args.check, progress=progress_bar("simulating", "tokens"))
     files = {}
     if args.out:
         files = render(result)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from pimsim.cli._common import progress_bar
 
 
 def add_parser(sub) -> None:
@@ -26,21 +27,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-class _Progress:
-    def __init__(self):
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, done: int, total: int, row: dict) -> None:
-        if not self.tty:
-            return
-        width = 30
-        fill = int(width * done / total)
-        sys.stderr.write(f"\rsweeping [{'#' * fill}{'.' * (width - fill)}] {done}/{total} points")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def run(args) -> int:
     from pimsim.errors import PimsimError
     from pimsim.sweep import sweep
@@ -51,7 +37,7 @@ def run(args) -> int:
         raise PimsimError("--workers applies to the local pool; a --scheduler cluster has its own workers")
     out = args.out or str(Path("results") / Path(args.file).stem)
     result = sweep(args.file, workers=args.workers, scheduler=args.scheduler, out=out,
-                   resume=args.resume, progress=_Progress())
+                   resume=args.resume, progress=progress_bar("sweeping", "points"))
     ran = len(result.rows) - result.skipped
     lines = [f"{result.name}: {len(result.rows)} of {result.total} points "
              f"({ran} run, {result.skipped} already finished), "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from pimsim.cli._common import progress_bar
 
 PAPER_MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
                 "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl"]
@@ -21,13 +21,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _progress(done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\rvalidating: {done}/{total} runs")
-        if done == total:
-            sys.stderr.write("\n")
-
-
 def run(args) -> int:
     from pathlib import Path
 
@@ -44,7 +37,7 @@ def run(args) -> int:
     # GPT2-XL needs 8 channels to fit (4 GB); the quick run scales GPT-2 small from 4
     runs = collect(models, prompt=args.prompt, tokens=tokens,
                    scaling_model="gpt2-small" if args.quick else "gpt2-xl",
-                   channel_counts=(4, 8, 16) if args.quick else (8, 16, 32), progress=_progress)
+                   channel_counts=(4, 8, 16) if args.quick else (8, 16, 32), progress=progress_bar("validating", "runs"))
     rows = evaluate(runs)
     measurements = load_measurements()
     files = render(runs, rows, fit(measurements), measurements)
