@@ -200,4 +200,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pimsim.errors import PimsimError
+
+    try:
+        sys.exit(main())
+    except PimsimError as exc:
+        print(f"measure: error: {exc}", file=sys.stderr)
+        sys.exit(2)
