@@ -30,7 +30,8 @@ def geometry(spec) -> Geometry:
                            f"multiple of mac_lanes {spec.pim.mac_lanes}")
     return Geometry(channels=d.channels, banks=d.banks, banks_per_bankgroup=d.banks_per_bankgroup,
                     rows=d.rows, columns=d.columns, column_bytes=d.column_bytes,
-                    values_per_column=values, gb_slots=d.gb_slots)
+                    values_per_column=values, gb_slots=d.gb_slots,
+                    result_registers=spec.pim.result_registers, gb_reuse=spec.pim.gb_reuse)
 
 
 @dataclass(eq=False)

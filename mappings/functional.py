@@ -4,10 +4,14 @@ Bank contents live in one array per (region, channel) of shape (banks, rows, col
 values per column), filled with finite garbage first so that any read of a place the
 mapping did not write shows up. Weights are stored through :meth:`Placement.elements`;
 K/V positions either the same way or through the program's own write kernels. MAC kernels
-run pass by pass exactly as their commands do: the global buffer is loaded slot by slot,
-every MAC16 multiplies a column of every bank with the slot of the same index, the
-accumulator is read (and cleared) at each segment end, and the ASIC side adds the partial
-sums of each output.
+are executed from their expanded command stream: TMOD toggles the mode (WRGB and RDMAC16
+only in buffer mode, ACT16, MAC16 and PREA only in bank mode), each WRGB writes its slot of a
+global buffer that starts with garbage and keeps its contents between loads, each MAC16
+multiplies a column of every bank with the slot of the same index and adds into the result
+register it selects (:meth:`MacKernel.mac_registers`), and the j-th RDMAC16 of a run of
+read-outs reads (and clears) register j of every bank. Result number i of a repeat
+belongs to segment i (:meth:`MacKernel.segments`); the ASIC side adds the partial sums of
+each output.
 """
 
 from __future__ import annotations
@@ -78,27 +82,104 @@ class Functional:
 
     # -- MAC kernels ------------------------------------------------------------------------
     def run_mac(self, k: MacKernel, inputs):
-        """Yield (outputs (banks, segs), sub (segs,), repeat r, values (banks, segs)) per pass.
+        """Yield (outputs (banks, segs), sub (segs,), repeat r, values (banks, segs)) per repeat.
 
         ``inputs(inp, r)`` returns the input vector (padded to whole columns) that input
         ``inp`` means in repeat ``r``."""
-        arr, _ = self._arr(k.region, k.channel)
+        from pimsim.standard import CMD_ID
+
+        arr, base = self._arr(k.region, k.channel)
         v = self.g.values_per_column
+        st = k.commands()
+        per = st.cmd.size // k.repeats if k.repeats else 0
+        w_inp, w_kc = k.gb_writes()
+        regs_of_mac = k.mac_registers()
+        seg = k.segments()
+        outs = k.part.slot_out[:, seg["slot"]]
+        gb = self.rng.uniform(-100, 100, (self.g.gb_slots, v)).astype(np.float32)
         for r in range(k.repeats):
-            for p in k.passes:
-                gb = np.zeros((self.g.gb_slots, v), dtype=np.float32)
-                for i in np.unique(p.gb_inp).tolist():
-                    sel = p.gb_inp == i
-                    vec = inputs(i, r).reshape(-1, v)
-                    gb[p.gb_slot[sel]] = vec[p.gb_kcol[sel]]
-                seg = p.seg
-                n = seg["n"]
-                starts = np.cumsum(n) - n
-                colidx = np.arange(int(n.sum())) - np.repeat(starts, n) + np.repeat(seg["c0"], n)
-                rowidx = np.repeat(seg["row"], n)
-                prod = (arr[:, rowidx, colidx, :] * gb[colidx]).sum(axis=-1)  # MAC16 per column
-                acc = np.add.reduceat(prod, starts, axis=1)                      # RDMAC16 per segment
-                yield k.part.slot_out[:, seg["slot"]], seg["sub"], r, acc
+            sl = slice(r * per, (r + 1) * per)
+            cmd, row, col = st.cmd[sl], st.row[sl], st.col[sl]
+            _check_modes(cmd, k.name)
+            pos = np.arange(cmd.size)
+            wr = cmd == CMD_ID["WRGB"]
+            mac = cmd == CMD_ID["MAC16"]
+            rd = cmd == CMD_ID["RDMAC16"]
+            if int(wr.sum()) != w_inp.size or int(mac.sum()) != regs_of_mac.size or \
+                    int(rd.sum()) != seg["row"].size:
+                raise ValueError(f"{k.name}: stream and kernel plan disagree")
+            # global buffer seen by each MAC16: the latest WRGB of its slot, else what the
+            # buffer held before the repeat
+            data = np.zeros((w_inp.size, v), dtype=np.float32)
+            for i in np.unique(w_inp).tolist():
+                sel = w_inp == i
+                data[sel] = inputs(i, r).reshape(-1, v)[w_kc[sel]]
+            m_pos, m_slot = pos[mac], col[mac]
+            w_pos, w_slot = pos[wr], col[wr]
+            last = _latest_before(w_slot, w_pos, m_slot, m_pos)
+            gbv = gb[m_slot]
+            if w_inp.size:
+                gbv = np.where((last >= 0)[:, None], data[np.maximum(last, 0)], gbv)
+            prod = (arr[:, row[mac] - base, m_slot, :] * gbv).sum(axis=-1)    # (banks, macs)
+            # each MAC16 lands in the first later read of its register
+            rd_pos = pos[rd]
+            start_of = np.maximum.accumulate(np.where(rd & ~np.r_[False, rd[:-1]], pos, 0))
+            rd_reg = (pos - start_of)[rd]                        # place in its run of RDMAC16
+            which = _first_after(rd_reg, rd_pos, regs_of_mac, m_pos)
+            if (which < 0).any():
+                raise ValueError(f"{k.name}: a result register is never read out")
+            acc = np.zeros((arr.shape[0], rd_pos.size), dtype=np.float32)
+            np.add.at(acc.T, which, prod.T)
+            if w_slot.size:                                     # what the buffer keeps
+                _, back = np.unique(w_slot[::-1], return_index=True)
+                keep = w_slot.size - 1 - back
+                gb[w_slot[keep]] = data[keep]
+            yield outs, seg["sub"], r, acc
+
+
+def _check_modes(cmd: np.ndarray, name: str) -> None:
+    """TMOD toggles bank mode (ACT16, MAC16, PREA) and buffer mode (WRGB, RDMAC16); a
+    kernel starts and ends in bank mode."""
+    from pimsim.standard import CMD_ID
+
+    tm = cmd == CMD_ID["TMOD"]
+    buffer_mode = (np.cumsum(tm) - tm) % 2 == 1      # mode in effect at each command
+    buf_cmds = np.isin(cmd, [CMD_ID["WRGB"], CMD_ID["RDMAC16"]])
+    bank_cmds = np.isin(cmd, [CMD_ID["ACT16"], CMD_ID["MAC16"], CMD_ID["PREA"]])
+    if (~buffer_mode[buf_cmds]).any() or buffer_mode[bank_cmds].any() or int(tm.sum()) % 2:
+        raise ValueError(f"{name}: a command issues in the wrong mode")
+
+
+def _latest_before(ev_key, ev_pos, q_key, q_pos) -> np.ndarray:
+    """Per query: index of the latest event with the same key and a smaller position, -1 if none."""
+    if ev_key.size == 0:
+        return np.full(q_key.size, -1, dtype=np.int64)
+    big = int(max(ev_pos.max(initial=0), q_pos.max(initial=0))) + 1
+    ek = ev_key.astype(np.int64) * big + ev_pos
+    order = np.argsort(ek, kind="stable")
+    i = np.searchsorted(ek[order], q_key.astype(np.int64) * big + q_pos) - 1
+    ok = i >= 0
+    hit = np.full(q_key.size, -1, dtype=np.int64)
+    cand = order[np.maximum(i, 0)]
+    ok &= ev_key[cand] == q_key
+    hit[ok] = cand[ok]
+    return hit
+
+
+def _first_after(ev_key, ev_pos, q_key, q_pos) -> np.ndarray:
+    """Per query: index of the first event with the same key and a larger position, -1 if none."""
+    if ev_key.size == 0:
+        return np.full(q_key.size, -1, dtype=np.int64)
+    big = int(max(ev_pos.max(initial=0), q_pos.max(initial=0))) + 1
+    ek = ev_key.astype(np.int64) * big + ev_pos
+    order = np.argsort(ek, kind="stable")
+    i = np.searchsorted(ek[order], q_key.astype(np.int64) * big + q_pos, side="right")
+    hit = np.full(q_key.size, -1, dtype=np.int64)
+    ok = i < ek.size
+    cand = order[np.minimum(i, ek.size - 1)]
+    ok &= ev_key[cand] == q_key
+    hit[ok] = cand[ok]
+    return hit
 
 
 def column_table(region: Region, tensor: np.ndarray, values: int) -> np.ndarray:

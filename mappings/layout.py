@@ -2,7 +2,8 @@
 
 Vocabulary (docs/mapping.md has pictures and reasons):
 
-* A **unit** is one bank of one channel; its MAC unit has one accumulator.
+* A **unit** is one bank of one channel; its MAC unit has ``result_registers``
+  accumulators (one on AiM).
 * An operand (a weight matrix, a K or V cache) is a set of **outputs** (output neurons,
   keys, V neurons); each output is the dot product of its stored data with an **input
   vector** (x, a query head, a probability row).
@@ -12,8 +13,8 @@ Vocabulary (docs/mapping.md has pictures and reasons):
   ``c``; only *which* output sits in a slot differs between banks (``slot_out``).
 * A **piece** is a run of ``w`` consecutive 32-B columns of one slot holding input columns
   ``k0 .. k0+w-1`` of input vector ``inp`` for sub-output ``sub``; a piece that crosses a
-  row boundary is split into two **segments**. The accumulator is read (RDMAC16) at the end
-  of every segment; the ASIC adds the partial sums of one output.
+  row boundary is split into two **segments**. Every segment's sum is read out (one
+  RDMAC16, see ``mappings.program``); the ASIC adds the partial sums of one output.
 
 Everything here is plain integer arithmetic on numpy arrays; templates are cached by shape
 so that the 48 identical layers of GPT2-XL cost one template each.

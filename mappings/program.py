@@ -6,11 +6,25 @@ Nodes carry one object in the ``item`` attribute: a :class:`MacKernel` or
 counts) or a :class:`Transfer` (bytes, direction, channel). Edges are data dependencies.
 
 A MAC kernel is described compactly as *passes*: one global-buffer load (TMOD, WRGB per
-used slot, TMOD) followed by rows, each ACT16, MAC16 per used column, a read-out (TMOD,
-RDMAC16, TMOD) at the end of every segment, and PREA after the row's last MAC16. GQA
-kernels repeat their passes once per query head of a group (``repeats``). Command counts
-and the row-hit rate are computed from this description without expanding it; a test
-checks them against the expanded streams.
+used slot, TMOD) followed by rows, each ACT16, MAC16 per used column and PREA after the
+row's last MAC16. Every segment accumulates into a result register of each bank's MAC unit
+and is read out with RDMAC16 (32 B: that register of all 16 banks), between two TMODs.
+
+With one result register (``Geometry.result_registers == 1``, the AiM-like case) each
+segment is read out right after its last MAC16 (and the row's PREA): TMOD, RDMAC16, TMOD.
+With ``R > 1`` registers, segment number ``i`` of the pending batch accumulates into
+register ``i`` and read-outs are deferred: a batch of k results is read (TMOD, k RDMAC16,
+TMOD; the j-th RDMAC16 of a run returns register j of all banks, as RDMAC16 carries no
+column field) when all R registers hold a result, at the end of the kernel, and at every
+global-buffer load, where it shares the load's pair of mode changes (TMOD, RDMAC16...,
+WRGB..., TMOD; both are buffer-mode commands). With ``Geometry.gb_reuse`` a load
+writes only the slots whose (input, input column) differ from what the buffer holds from
+earlier loads of the same kernel repeat; a load with nothing to write is left out. GQA
+kernels repeat their passes once per query head of a group (``repeats``); each repeat
+starts with no pending result and an unknown buffer, so repeats tile the stream.
+
+Command counts and the row-hit rate are computed from this description without expanding
+it; a test checks them against the expanded streams.
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+from mappings.access_order import lags, pipelined_order
 from mappings.layout import SEG_FIELDS, ChannelPart, Region, Template
 from pimsim.standard import CMD_ID
 
@@ -130,21 +145,86 @@ def _stats(passes: tuple, slot_out_bytes: bytes, banks: int, out_limit) -> tuple
     return partial, useful
 
 
+@dataclass(frozen=True, eq=False)
+class PassPlan:
+    """How one pass runs in a kernel repeat (see the module docstring)."""
+
+    load: bool            # a global-buffer load (TMOD ... TMOD) precedes the pass's rows
+    wrgb: np.ndarray      # indices into the pass's gb_slot written by the load, in order
+    drain: int            # pending results read out inside the load (registers 0..drain-1)
+    pending: int          # results pending when the pass's first segment starts
+
+
+@dataclass(frozen=True, eq=False)
+class KernelPlan:
+    """Load and read-out schedule of one repeat of a MAC kernel."""
+
+    passes: tuple[PassPlan, ...]
+    registers: int
+    final: int            # results read out after the last pass (0: none pending)
+
+    def batches(self, p: MacPass, i: int) -> np.ndarray:
+        """Per segment of pass ``i``: 1 where a full batch is read out after it."""
+        j = np.arange(p.n_segments, dtype=np.int64)
+        return ((self.passes[i].pending + j + 1) % self.registers == 0).astype(np.int64)
+
+    def registers_of(self, p: MacPass, i: int) -> np.ndarray:
+        """Per segment of pass ``i``: the result register it accumulates into."""
+        return (self.passes[i].pending + np.arange(p.n_segments, dtype=np.int64)) % self.registers
+
+
+@functools.lru_cache(maxsize=8192)
+def kernel_plan(passes: tuple[MacPass, ...], registers: int = 1,
+                gb_reuse: bool = False) -> KernelPlan:
+    """The load and read-out schedule of one kernel repeat (module docstring)."""
+    if registers < 1:
+        raise ValueError(f"result registers must be >= 1, got {registers}")
+    held_inp: dict[int, int] = {}
+    held_kc: dict[int, int] = {}
+    pending = 0
+    out = []
+    for p in passes:
+        if gb_reuse:
+            slots, inp, kc = p.gb_slot.tolist(), p.gb_inp.tolist(), p.gb_kcol.tolist()
+            wr = [j for j, s in enumerate(slots)
+                  if held_inp.get(s) != inp[j] or held_kc.get(s) != kc[j]]
+            for j in wr:
+                held_inp[slots[j]], held_kc[slots[j]] = inp[j], kc[j]
+            wrgb = np.array(wr, dtype=np.int64)
+            load = bool(wr)
+        else:
+            wrgb = np.arange(p.gb_slot.size, dtype=np.int64)
+            load = True
+        drain = pending if load else 0
+        start = 0 if load else pending
+        out.append(PassPlan(load, wrgb, drain, start))
+        pending = (start + p.n_segments) % registers
+    return KernelPlan(tuple(out), registers, pending)
+
+
 @functools.lru_cache(maxsize=65536)
-def _mac_counts_1(passes: tuple[MacPass, ...]) -> tuple[tuple[str, int], ...]:
-    return tuple(_mac_counts_raw(passes).items())
+def _mac_counts_1(passes: tuple[MacPass, ...], registers: int,
+                  gb_reuse: bool) -> tuple[tuple[str, int], ...]:
+    return tuple(_mac_counts_raw(passes, registers, gb_reuse).items())
 
 
-def _mac_counts(passes: tuple[MacPass, ...], repeats: int) -> dict[str, int]:
-    return {k: v * repeats for k, v in _mac_counts_1(passes)}
+def _mac_counts(passes: tuple[MacPass, ...], repeats: int, registers: int = 1,
+                gb_reuse: bool = False) -> dict[str, int]:
+    return {k: v * repeats for k, v in _mac_counts_1(passes, registers, gb_reuse)}
 
 
-def _mac_counts_raw(passes: tuple[MacPass, ...]) -> dict[str, int]:
-    wrgb = sum(int(p.gb_slot.size) for p in passes)
+def _mac_counts_raw(passes: tuple[MacPass, ...], registers: int = 1,
+                    gb_reuse: bool = False) -> dict[str, int]:
+    plan = kernel_plan(passes, registers, gb_reuse)
+    loads = sum(q.load for q in plan.passes)
+    wrgb = sum(int(q.wrgb.size) for q in plan.passes)
     rows = sum(int(p.rows.size) for p in passes)
     macs = sum(int(p.seg["n"].sum()) for p in passes)
     segs = sum(p.n_segments for p in passes)
-    return dict(TMOD=2 * (len(passes) + segs), WRGB=wrgb, ACT16=rows, MAC16=macs, RDMAC16=segs,
+    # full batches: one each time the running segment count reaches a multiple of R
+    full = sum((q.pending + p.n_segments) // registers for p, q in zip(passes, plan.passes))
+    batches = full + (plan.final > 0)
+    return dict(TMOD=2 * (loads + batches), WRGB=wrgb, ACT16=rows, MAC16=macs, RDMAC16=segs,
                 PREA=rows)
 
 
@@ -162,12 +242,41 @@ class MacKernel:
     op_index: int = -1
     #: outputs with an id >= this are read out but discarded (key slots not yet written)
     out_limit: int | None = None
+    registers: int = 1      # result registers per bank MAC unit
+    gb_reuse: bool = False  # loads write only the slots whose contents change
 
     kind = "mac"
 
     @functools.cached_property
     def counts(self) -> dict[str, int]:
-        return _mac_counts(self.passes, self.repeats)
+        return _mac_counts(self.passes, self.repeats, self.registers, self.gb_reuse)
+
+    @property
+    def plan(self) -> KernelPlan:
+        """Load and read-out schedule of one repeat."""
+        return kernel_plan(self.passes, self.registers, self.gb_reuse)
+
+    def gb_writes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(input, input column) carried by each WRGB of one repeat, in stream order (the
+        data of the ``to_pim`` transfer; the command itself names only the slot)."""
+        plan = self.plan
+        inp = [p.gb_inp[q.wrgb] for p, q in zip(self.passes, plan.passes)]
+        kc = [p.gb_kcol[q.wrgb] for p, q in zip(self.passes, plan.passes)]
+        cat = lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.int64)  # noqa: E731
+        return cat(inp), cat(kc)
+
+    def mac_registers(self) -> np.ndarray:
+        """The result register each MAC16 of one repeat accumulates into, in stream order
+        (the register select a MAC16 carries besides its column)."""
+        plan = self.plan
+        regs = [np.repeat(plan.registers_of(p, i), p.seg["n"]) for i, p in enumerate(self.passes)]
+        return np.concatenate(regs) if regs else np.zeros(0, dtype=np.int64)
+
+    def segments(self) -> dict[str, np.ndarray]:
+        """Segment arrays (SEG_FIELDS) of one repeat in issue order; results are read out
+        in this order (RDMAC16 number i of a repeat returns segment i)."""
+        return {f: (np.concatenate([p.seg[f] for p in self.passes]) if self.passes else
+                    np.zeros(0, dtype=np.int64)) for f in SEG_FIELDS}
 
     def _stats(self) -> tuple[int, int]:
         so = self.part.slot_out
@@ -185,15 +294,28 @@ class MacKernel:
         """The exact command stream (bank mode at start and end, all banks closed)."""
         from pimsim.engine import CommandStream
 
-        cmd, bg, ba, row, col = _kernel_arrays(self.passes, self.part.base_row, self.repeats)
+        cmd, bg, ba, row, col = _kernel_arrays(self.passes, self.part.base_row, self.repeats,
+                                               self.registers, self.gb_reuse)
         return CommandStream(cmd, bg, ba, row, col, source=self.name)
 
 
+def _readout(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TMOD, RDMAC16 x k (registers 0..k-1 in order), TMOD."""
+    cmd = np.full(k + 2, CMD_ID["RDMAC16"], dtype=np.int64)
+    cmd[0] = cmd[-1] = CMD_ID["TMOD"]
+    neg = np.full(k + 2, -1, dtype=np.int64)
+    return cmd, neg, neg.copy()
+
+
 @functools.lru_cache(maxsize=4096)
-def _kernel_arrays(passes: tuple[MacPass, ...], base_row: int, repeats: int):
+def _kernel_arrays(passes: tuple[MacPass, ...], base_row: int, repeats: int,
+                   registers: int = 1, gb_reuse: bool = False):
     """The command arrays of a MAC kernel, shared by every decode step that runs the same
     passes (weight kernels are identical from token to token); nothing writes to them."""
-    parts = [_pass_commands(p, base_row) for p in passes]
+    plan = kernel_plan(passes, registers, gb_reuse)
+    parts = [_pass_commands(p, base_row, plan, i) for i, p in enumerate(passes)]
+    if plan.final:
+        parts.append(_readout(plan.final))
     cmd, row, col = (np.concatenate([q[i] for q in parts]) if parts else
                      np.zeros(0, dtype=np.int64) for i in range(3))
     if repeats > 1:
@@ -202,25 +324,35 @@ def _kernel_arrays(passes: tuple[MacPass, ...], base_row: int, repeats: int):
     return cmd, neg, neg, row, col
 
 
-def _pass_commands(p: MacPass, base_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TMOD, WRGB per slot, TMOD; per segment: [ACT16] MAC16 x n [PREA] TMOD RDMAC16 TMOD."""
+def _pass_commands(p: MacPass, base_row: int, plan: KernelPlan | None = None,
+                   i: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pass's load [TMOD, RDMAC16 x drain, WRGB per written slot, TMOD]; per segment:
+    [ACT16] MAC16 x n [PREA] and, where a batch is full, TMOD RDMAC16 x R TMOD (with one
+    register: after every segment)."""
     C = CMD_ID
+    if plan is None:
+        plan = kernel_plan((p,))
+    q = plan.passes[i]
+    R = plan.registers
     row, c0, n = p.seg["row"], p.seg["c0"], p.seg["n"]
     k = row.size
     first = np.ones(k, dtype=np.int64)
     first[1:] = row[1:] != row[:-1]
     last = np.ones(k, dtype=np.int64)
     last[:-1] = row[1:] != row[:-1]
-    length = first + n + last + 3
-    head = 2 + p.gb_slot.size
+    batch = plan.batches(p, i)
+    length = first + n + last + batch * (R + 2)
+    head = (2 + q.drain + q.wrgb.size) if q.load else 0
     off = head + np.cumsum(length) - length
     total = head + int(length.sum())
     cmd = np.full(total, C["MAC16"], dtype=np.int64)
     rows = np.full(total, -1, dtype=np.int64)
     cols = np.full(total, -1, dtype=np.int64)
-    cmd[0] = cmd[head - 1] = C["TMOD"]
-    cmd[1:head - 1] = C["WRGB"]
-    cols[1:head - 1] = p.gb_slot
+    if q.load:
+        cmd[0] = cmd[head - 1] = C["TMOD"]
+        cmd[1:1 + q.drain] = C["RDMAC16"]
+        cmd[1 + q.drain:head - 1] = C["WRGB"]
+        cols[1 + q.drain:head - 1] = p.gb_slot[q.wrgb]
     a = off[first == 1]
     cmd[a] = C["ACT16"]
     rows[a] = row[first == 1] + base_row
@@ -230,10 +362,10 @@ def _pass_commands(p: MacPass, base_row: int) -> tuple[np.ndarray, np.ndarray, n
     cols[macs] = np.repeat(c0, n) + j
     e = off + first + n
     cmd[e[last == 1]] = C["PREA"]
-    t = e + last
+    t = (e + last)[batch == 1]
     cmd[t] = C["TMOD"]
-    cmd[t + 1] = C["RDMAC16"]
-    cmd[t + 2] = C["TMOD"]
+    cmd[t + R + 1] = C["TMOD"]
+    cmd[(t[:, None] + 1 + np.arange(R)).ravel()] = C["RDMAC16"]
     return cmd, rows, cols
 
 
@@ -280,7 +412,9 @@ class AccessKernel:
         return {"ACT": runs, col: int(self.bank.size), "PRE": runs}
 
     def commands(self, spec=None):
-        """Per (bank, row) run: ACT, RD/WR per access, PRE."""
+        """Per (bank, row) run: ACT, RD/WR per access, PRE. Given the system ``spec``, the
+        runs are spread over the banks and software-pipelined
+        (:func:`mappings.access_order.pipelined_order`); without it, run after run."""
         from pimsim.engine import CommandStream
 
         C = CMD_ID
@@ -304,8 +438,14 @@ class AccessKernel:
         rows[x] = self.row
         cols[x] = self.col
         cmd[(x + 1)[last == 1]] = C["PRE"]
-        return CommandStream(cmd, bg.astype(np.int64), ba.astype(np.int64), rows, cols,
-                             source=self.name)
+        bg, ba = bg.astype(np.int64), ba.astype(np.int64)
+        if spec is not None and self._runs.size > 1:
+            runs = self._runs
+            d_col, d_pre = lags(spec.dram.timing, self.what == "write")
+            perm = pipelined_order(self.bank[runs], np.diff(np.r_[runs, n]),
+                                   int(self.bank.max()) + 1, d_col, d_pre)
+            cmd, bg, ba, rows, cols = cmd[perm], bg[perm], ba[perm], rows[perm], cols[perm]
+        return CommandStream(cmd, bg, ba, rows, cols, source=self.name)
 
 
 @dataclass(eq=False)
@@ -456,7 +596,7 @@ class _Builder:
             repeats: int, deps: list[str], out_limit=None) -> tuple[str, MacKernel]:
         tag = f"{op.index}:{region.name}:ch{part.channel}"
         k = MacKernel(f"{tag}:{what}", part.channel, what, region, part, passes, repeats, op.index,
-                      out_limit)
+                      out_limit, self.g.result_registers, self.g.gb_reuse)
         cb = self.g.column_bytes
         tin = self.add(f"{tag}:to_pim", Transfer(f"{tag}:to_pim", "to_pim", part.channel,
                                                   k.counts["WRGB"] * cb, op.index), deps)

@@ -29,6 +29,8 @@ class Geometry:
     values_per_column: int  # BF16 values in a column (= MAC lanes x passes; 16 on AiM)
     gb_slots: int         # global-buffer slots of one column each
     elem_bytes: int = 2   # BF16
+    result_registers: int = 1  # accumulators per bank MAC unit (read-outs batched up to this)
+    gb_reuse: bool = False     # loads write only slots whose contents change (within a kernel)
 
     @property
     def units(self) -> int:

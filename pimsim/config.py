@@ -172,6 +172,11 @@ class PimSpec:
     mac_lanes: int
     global_buffer_bytes: int
     clock_MHz: float
+    #: Accumulator registers per bank MAC unit; segments accumulate into their own register
+    #: and read-outs are batched (docs/mapping.md, "Result registers").
+    result_registers: int = 1
+    #: A global-buffer load writes only the slots whose contents change within a kernel.
+    gb_reuse: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,12 +267,14 @@ class Param:
     """A preset key: type, unit, meaning (documented where declared)."""
 
     key: str
-    kind: str  # "int", "number", "str", "choice"
+    kind: str  # "int", "number", "str", "choice", "bool"
     unit: str
     meaning: str
     minimum: float | None = 1
     choices: tuple[str, ...] = ()
     required: bool = True
+    #: value of an optional key a preset leaves out (None: the key is simply absent)
+    default: Any = None
 
     def check(self, value: Any, path: str, ctx: _Ctx) -> Any:
         unit = f" ({self.unit})" if self.unit else ""
@@ -286,6 +293,10 @@ class Param:
         elif self.kind == "str":
             if not isinstance(value, str):
                 raise ctx.err(path, f"must be a string, got {value!r}")
+            return value
+        elif self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ctx.err(path, f"must be true or false, got {value!r}")
             return value
         if self.minimum is not None and value < self.minimum:
             what = "positive" if self.minimum == 1 and self.kind == "int" else f">= {self.minimum}"
@@ -314,6 +325,14 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
         Param("mac_lanes", "int", "", "BF16 multipliers per bank MAC unit"),
         Param("global_buffer_bytes", "int", "B", "global buffer per channel"),
         Param("clock_MHz", "number", "MHz", "PIM unit clock", minimum=1e-9),
+        Param("result_registers", "int", "", "accumulator (result) registers per bank MAC unit; "
+              "read-outs of up to this many segments share one pair of mode changes "
+              "(default 1: one accumulator, read after every segment)",
+              required=False, default=1),
+        Param("gb_reuse", "bool", "", "a global-buffer load writes only the slots whose "
+              "(input, input column) differ from what the buffer already holds from earlier "
+              "loads of the same kernel (default false: every load writes all its slots)",
+              required=False, default=False),
     ],
     "asic": [
         Param("clock_MHz", "number", "MHz", "ASIC clock", minimum=1e-9),
@@ -461,6 +480,8 @@ def _check_section(sec: dict, name: str, ctx: _Ctx) -> dict[str, Any]:
         if key not in sec:
             if p.required:
                 raise ctx.err(f"{name}.{key}", f"missing key ({p.meaning})")
+            if p.default is not None:
+                out[key] = p.default
             continue
         out[key] = p.check(sec[key], f"{name}.{key}", ctx)
     return out

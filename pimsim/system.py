@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
+from numba import njit
 
 from pimsim.asic import op_cost
 from pimsim.config import SystemSpec
@@ -35,6 +36,8 @@ from pimsim.errors import PimsimError
 from pimsim.standard import CMD_ID, COMMANDS
 
 KERNEL, ASIC, TRANSFER = "kernel", "asic", "transfer"
+#: bounds of the kernel-run store: distinct command streams, entry states per stream
+_MEMO_STREAMS, _MEMO_STATES = 8192, 64
 
 #: what a channel cycle after each command is spent on
 COMMAND_CLASS = {"ACT": "activate", "ACT16": "activate", "MAC16": "mac", "RD": "read_write",
@@ -85,7 +88,8 @@ class StepStats:
 class SystemSimulator:
     """Runs decode-step programs one after another on one system; channel state persists."""
 
-    def __init__(self, spec: SystemSpec, *, keep_timeline: bool = False, keep_logs: bool = False):
+    def __init__(self, spec: SystemSpec, *, keep_timeline: bool = False, keep_logs: bool = False,
+                 memo: bool = True):
         if spec.asic is None:
             raise PimsimError(f"preset {spec.name} has no 'asic' section; the system simulator needs one")
         self.spec = spec
@@ -101,8 +105,15 @@ class SystemSimulator:
         self.keep_logs = keep_logs
         self.logs: list[list] = [[] for _ in range(spec.dram.channels)]
         t = spec.dram.timing
-        self._read_tail = {CMD_ID["RD"]: t.get("nCL", 0) + t.get("nBL", 0),
-                           CMD_ID["RDMAC16"]: t.get("nCLREG", 0) + t.get("nBL", 0)}
+        #: per command: cycles from its issue until its data is back at the ASIC (-1: no data)
+        self._tail_of = np.full(len(COMMANDS), -1, dtype=np.int64)
+        self._tail_of[CMD_ID["RD"]] = t.get("nCL", 0) + t.get("nBL", 0)
+        self._tail_of[CMD_ID["RDMAC16"]] = t.get("nCLREG", 0) + t.get("nBL", 0)
+        #: replay identical kernel runs (exact; see _issue_kernel)
+        self.memo = memo
+        self.memo_hits = 0
+        self._memo: dict = {}
+        self._refresh_on = bool(self.channels[0].ct.refresh) if self.channels else False
 
     # ------------------------------------------------------------------ processes
     def _kernel(self, item, stats: StepStats):
@@ -113,45 +124,87 @@ class SystemSimulator:
             stream = item.commands(self.spec)
             if len(stream) == 0:
                 return start, start
-            release = np.zeros(len(stream), dtype=np.int64)
-            release[0] = -(-start // self.tck)
-            res = issue(self.dram, stream, state=self.channels[c], release=release,
-                        validate_stream=False)
+            not_before = -(-start // self.tck)
+            run = self._issue_kernel(c, stream, not_before)
             last = self.channels[c].last_cycle
-            # data of the kernel's reads return after their latency
-            tail = 1
-            for code, lat in self._read_tail.items():
-                idx = np.flatnonzero(stream.cmd == code)
-                if idx.size:
-                    tail = max(tail, int(res.cycles[idx[-1]]) + lat - last)
             issue_end = (last + 1) * self.tck
-            done = (last + tail) * self.tck
-            for k, v in res.counts.items():
+            done = (last + run.tail) * self.tck
+            for k, v in run.counts.items():
                 if v:
                     stats.counts[k] = stats.counts.get(k, 0) + v
-            stats.refresh_stall_cycles += res.refresh_stall_cycles
-            ins = res.inserted
-            if ins["cycle"].size:
-                # issue cycles strictly increase in issue order: sorting merges the log
-                cyc = np.concatenate([res.cycles, ins["cycle"]])
-                order = np.argsort(cyc, kind="stable")
-                cyc, cmds = cyc[order], np.concatenate([stream.cmd, ins["cmd"]])[order]
-            else:
-                cyc, cmds = res.cycles, stream.cmd
-            spans = np.empty(cyc.size, dtype=np.int64)
-            spans[:-1] = np.diff(cyc)
-            spans[-1] = 1
-            per_class = np.bincount(_CLASS_OF[cmds], weights=spans, minlength=len(_CLASSES))
-            for name, v in zip(_CLASSES, per_class.tolist()):
-                if v:
-                    stats.channel_cycles[name] = stats.channel_cycles.get(name, 0) + int(v)
+            stats.refresh_stall_cycles += run.stall
+            for k, v in run.classes.items():
+                stats.channel_cycles[k] = stats.channel_cycles.get(k, 0) + v
             if self.keep_logs:
-                self.logs[c].append(merge_log(stream, res))
+                self.logs[c].append(run.log(stream))
             yield self.env.timeout(max(issue_end - self.env.now, 0))
         # the channel is free; the results arrive when the last read's data is back
         if done > self.env.now:
             yield self.env.timeout(done - self.env.now)
         return start, self.env.now
+
+    def _issue_kernel(self, c: int, stream, not_before: int) -> "_KernelRun":
+        """Issue one kernel on channel ``c``, or replay a stored identical run.
+
+        A run is stored when no refresh fell due during it. Its outcome depends on the
+        channel state only relative to its first possible cycle ``base`` (the later of the
+        release and the cycle after the last issue): timing limits at or before ``base``
+        bind nothing, rows compare by equality. The same command arrays issued later from
+        the same relative state, with the next refresh due after the stored run's last
+        command, therefore issue at the stored cycles shifted by the new ``base``; the
+        engine's refresh logic only acts on commands at or after the due cycle."""
+        st = self.channels[c]
+        nx, ring, wcount, whead, open_row, reopen, sc = st.arrays
+        base = max(not_before, int(sc[0]) + 1)
+        key = entry = slot = None
+        if self.memo:
+            slot = self._memo.get(id(stream.cmd))
+            if slot is None or slot[0] is not stream.cmd:
+                slot = None
+                if self._memo_able(stream):
+                    if len(self._memo) >= _MEMO_STREAMS:
+                        self._memo.clear()
+                    slot = self._memo[id(stream.cmd)] = (stream.cmd, True, {})
+        if slot is not None:
+            rel = nx - base
+            np.maximum(rel, 0, out=rel)
+            key = (rel.tobytes(), open_row.tobytes(), reopen.tobytes(), int(sc[3]))
+            entry = slot[2].get(key)
+            if entry is not None and (not self._refresh_on or int(sc[1]) - base > entry.last_rel):
+                self.memo_hits += 1
+                touched = entry.end_nx >= 0
+                nx[touched] = entry.end_nx[touched] + base
+                open_row[:] = entry.end_open
+                reopen[:] = entry.end_reopen
+                sc[0] = base + entry.last_rel
+                sc[3] = entry.end_n_reopen
+                return entry.shifted(base)
+        release = np.zeros(len(stream), dtype=np.int64)
+        release[0] = not_before
+        res = issue(self.dram, stream, state=st, release=release, validate_stream=False)
+        ins = res.inserted
+        classes, tail = _account(res.cycles, stream.cmd, ins["cycle"], ins["cmd"],
+                                 self._tail_of)
+        run = _KernelRun({k: v for k, v in res.counts.items() if v},
+                         dict(zip(_CLASSES, classes.tolist())), int(res.refresh_stall_cycles),
+                         tail, res)
+        run.classes = {k: v for k, v in run.classes.items() if v}
+        if key is not None and ins["cycle"].size == 0 and (not self._refresh_on
+                                                           or int(sc[1]) > int(sc[0])):
+            end_nx = nx - base
+            end_nx[nx < base] = -1
+            if len(slot[2]) >= _MEMO_STATES:
+                slot[2].clear()
+            slot[2][key] = _Stored(res.cycles - base, int(sc[0]) - base, end_nx, open_row.copy(),
+                                   reopen.copy(), int(sc[3]), run)
+        return run
+
+    def _memo_able(self, stream) -> bool:
+        """Stored runs keep no four-activate-window history: only streams with no command
+        in a window rule are replayed."""
+        ct = self.channels[0].ct
+        in_window = (ct.win_from.any(axis=0) | ct.win_to.any(axis=0)).astype(bool)
+        return not in_window[stream.cmd].any()
 
     def _asic(self, item, stats: StepStats):
         cost = op_cost(self.spec.asic, item.kind, item.elements, getattr(item, "detail", None))
@@ -254,6 +307,83 @@ class SystemSimulator:
                       for f in ("cmd", "bg", "ba", "row", "col")}
             out += [(c, v) for v in check(self.dram, cycles, CommandStream(**fields))]
         return out
+
+
+@dataclass
+class _KernelRun:
+    """One kernel's issue: counts, channel cycles by class, refresh stall, and the cycles
+    after the last issue until its last read's data is back."""
+
+    counts: dict
+    classes: dict
+    stall: int
+    tail: int
+    result: object = None     # IssueResult of an issued run
+    cycles: np.ndarray | None = None   # issue cycles of a replayed run
+
+    def log(self, stream):
+        if self.result is not None:
+            return merge_log(stream, self.result)
+        return self.cycles, stream
+
+
+@dataclass
+class _Stored:
+    cycles_rel: np.ndarray
+    last_rel: int
+    end_nx: np.ndarray        # end timing state relative to base; -1 where untouched and < base
+    end_open: np.ndarray
+    end_reopen: np.ndarray
+    end_n_reopen: int
+    run: _KernelRun
+
+    def shifted(self, base: int) -> _KernelRun:
+        r = self.run
+        return _KernelRun(r.counts, r.classes, 0, r.tail, None, self.cycles_rel + base)
+
+
+@njit(cache=True)
+def _account_nb(cycles, cmd, ins_cycle, ins_cmd, class_of, n_classes, tail_of):
+    """Channel cycles by class (each gap between consecutive issued commands goes to the
+    command before it, the last command gets one cycle) and the data tail after the last
+    issue; input and inserted commands are both in increasing cycle order."""
+    out = np.zeros(n_classes, dtype=np.int64)
+    n = cycles.shape[0]
+    m = ins_cycle.shape[0]
+    i = 0
+    j = 0
+    have = False
+    pc = 0
+    pk = 0
+    last_read_end = -1
+    while i < n or j < m:
+        if j >= m or (i < n and cycles[i] < ins_cycle[j]):
+            t = cycles[i]
+            k = cmd[i]
+            lat = tail_of[k]
+            if lat >= 0 and t + lat > last_read_end:
+                last_read_end = t + lat
+            i += 1
+        else:
+            t = ins_cycle[j]
+            k = ins_cmd[j]
+            j += 1
+        if have:
+            out[class_of[pk]] += t - pc
+        have = True
+        pc = t
+        pk = k
+    if have:
+        out[class_of[pk]] += 1
+    tail = 1
+    if last_read_end - pc > tail:
+        tail = last_read_end - pc
+    return out, tail
+
+
+def _account(cycles, cmd, ins_cycle, ins_cmd, tail_of):
+    out, tail = _account_nb(cycles, cmd, ins_cycle, ins_cmd, _CLASS_OF, len(_CLASSES), tail_of)
+    return out, int(tail)
 
 
 def _critical_path(times: dict, start_ps: int, end_ps: int) -> dict[str, int]:

@@ -66,10 +66,28 @@ def test_override_goes_through_validation():
     ("nRP", r"--set nRP: expected KEY=VALUE"),
     ("timing..nRP=3", r"malformed key"),
     ("standard=ddr9", r"unknown standard 'ddr9'"),
+    ("pim.result_registers=0", r"--set pim.result_registers=0: must be positive, got 0"),
+    ("pim.result_registers=2.5", r"--set pim.result_registers=2.5: must be an integer, got 2.5"),
+    ("pim.gb_reuse=1", r"--set pim.gb_reuse=1: must be true or false, got 1"),
+    ("pim.gb_reuse=maybe", r"--set pim.gb_reuse=maybe: must be true or false, got 'maybe'"),
 ])
 def test_bad_overrides(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_preset("pim-gpt", [override])
+
+
+def test_result_registers_and_buffer_reuse_keys(tmp_path):
+    pim = load_preset("pim-gpt").pim
+    assert (pim.result_registers, pim.gb_reuse) == (64, True)
+    aim = load_preset("gddr6-aim").pim
+    assert (aim.result_registers, aim.gb_reuse) == (1, False)
+    over = load_preset("pim-gpt", ["pim.result_registers=7", "pim.gb_reuse=false"]).pim
+    assert (over.result_registers, over.gb_reuse) == (7, False)
+    # optional: a preset written without them loads with one register and no reuse
+    old = load_preset(_write_preset(tmp_path, lambda d: [d["pim"].pop(k) for k in
+                                                         ("result_registers", "gb_reuse")]))
+    assert (old.pim.result_registers, old.pim.gb_reuse) == (1, False)
+    assert old.digest != load_preset("pim-gpt").digest
 
 
 def _write_preset(tmp_path, mutate):

@@ -214,11 +214,19 @@ def _sample_kernels(prog):
     return picked
 
 
-@pytest.mark.parametrize("model,strategy", [("gpt2-small", "pim-gpt"), ("qwen2.5-0.5b", "pim-gpt"),
-                                            ("gpt2-small", "naive"), ("gpt2-small", "column")])
-def test_expanded_kernels_pass_the_engine_and_match_counts(model, strategy):
-    m = mapped(model, strategy, 256, tuple(BIG) if strategy == "naive" else ())
-    s = spec(*BIG) if strategy == "naive" else spec()
+#: the AiM-like kernel (one result register, every load writes all its slots)
+AIM_LIKE = ("pim.result_registers=1", "pim.gb_reuse=false")
+
+
+@pytest.mark.parametrize("model,strategy,over", [
+    ("gpt2-small", "pim-gpt", ()), ("qwen2.5-0.5b", "pim-gpt", ()), ("gpt2-small", "naive", ()),
+    ("gpt2-small", "column", ()), ("gpt2-small", "pim-gpt", AIM_LIKE),
+    ("gpt2-small", "pim-gpt", ("pim.result_registers=3",)),
+    ("qwen2.5-0.5b", "pim-gpt", ("pim.result_registers=5", "pim.gb_reuse=false"))])
+def test_expanded_kernels_pass_the_engine_and_match_counts(model, strategy, over):
+    over = tuple(over) + (tuple(BIG) if strategy == "naive" else ())
+    m = mapped(model, strategy, 256, over)
+    s = spec(*over)
     prog = m.program(100)
     kernels = _sample_kernels(prog)
     head = next(o.index for o in trace(model).decode.ops if o.op == "lm_head")
@@ -378,7 +386,8 @@ def test_embedding_read_returns_the_tied_rows(strategy):
 
 
 def _reference_commands(k: MacKernel):
-    """Plain-loop twin of MacKernel.commands (docs/mapping.md, 'Kernels')."""
+    """Plain-loop twin of the AiM-like MacKernel.commands (one result register, every load
+    writes all its slots; docs/mapping.md, 'Kernels')."""
     out = []
     for _ in range(k.repeats):
         for p in k.passes:
@@ -396,13 +405,71 @@ def _reference_commands(k: MacKernel):
     return out
 
 
-def test_kernel_expansion_equals_plain_loop_twin():
-    prog = mapped("qwen2.5-0.5b", "pim-gpt", 256).program(70)
+def _reference_batched(k: MacKernel, registers: int, reuse: bool):
+    """Plain-loop twin with R result registers and optional buffer reuse (docs/mapping.md,
+    'Result registers'): returns (commands, register of each MAC16)."""
+    out, regs = [], []
+    for _ in range(k.repeats):
+        held, pending = {}, 0
+        for p in k.passes:
+            want = {int(s): (int(i), int(c)) for s, i, c in zip(p.gb_slot, p.gb_inp, p.gb_kcol)}
+            write = [s for s in p.gb_slot.tolist() if not reuse or held.get(s) != want[s]]
+            held.update({s: want[s] for s in write})
+            if write or not reuse:
+                out += [("TMOD", -1, -1)] + [("RDMAC16", -1, -1)] * pending
+                out += [("WRGB", -1, s) for s in write] + [("TMOD", -1, -1)]
+                pending = 0
+            rows = p.seg["row"].tolist()
+            for i, r in enumerate(rows):
+                r_abs = r + k.part.base_row
+                if i == 0 or rows[i - 1] != r:
+                    out.append(("ACT16", r_abs, -1))
+                c0, n = int(p.seg["c0"][i]), int(p.seg["n"][i])
+                out += [("MAC16", r_abs, c) for c in range(c0, c0 + n)]
+                regs += [pending] * n
+                pending += 1
+                if i + 1 == len(rows) or rows[i + 1] != r:
+                    out.append(("PREA", -1, -1))
+                if pending == registers:
+                    out += [("TMOD", -1, -1)] + [("RDMAC16", -1, -1)] * pending + [("TMOD", -1, -1)]
+                    pending = 0
+        if pending:
+            out += [("TMOD", -1, -1)] + [("RDMAC16", -1, -1)] * pending + [("TMOD", -1, -1)]
+    return out, regs
+
+
+def _listed(k: MacKernel):
+    st = k.commands()
+    return [(COMMANDS[c], int(r), int(col)) for c, r, col in zip(st.cmd, st.row, st.col)]
+
+
+@pytest.mark.parametrize("model,kv_len", [("qwen2.5-0.5b", 70), ("gpt2-small", 100)])
+def test_one_register_stream_is_the_aim_stream(model, kv_len):
+    """result_registers 1 without buffer reuse (and the gddr6-aim preset) expands to the
+    AiM-like stream: read-out after every segment, TMOD = 2 x (passes + segments)."""
+    for m in (mapped(model, "pim-gpt", 256, AIM_LIKE),
+              mappings.map(trace(model), load_preset("gddr6-aim"), max_context=256)):
+        assert (m.placement.geometry.result_registers, m.placement.geometry.gb_reuse) == (1, False)
+        macs = [k for k in m.program(kv_len).kernels() if isinstance(k, MacKernel)]
+        for k in {(k.what, k.repeats): k for k in macs}.values():
+            assert _listed(k) == _reference_commands(k), k.name
+        for k in macs:
+            segs = sum(p.n_segments for p in k.passes)
+            assert k.counts["TMOD"] == 2 * k.repeats * (len(k.passes) + segs), k.name
+            assert k.counts["WRGB"] == k.repeats * sum(p.gb_slot.size for p in k.passes)
+
+
+@pytest.mark.parametrize("registers,reuse", [(64, True), (3, True), (2, False)])
+def test_kernel_expansion_equals_plain_loop_twin(registers, reuse):
+    over = (f"pim.result_registers={registers}", f"pim.gb_reuse={str(reuse).lower()}")
+    prog = mapped("qwen2.5-0.5b", "pim-gpt", 256, over).program(70)
     macs = [k for k in prog.kernels() if isinstance(k, MacKernel)]
-    for k in {k.what: k for k in macs}.values():
-        st = k.commands()
-        got = [(COMMANDS[c], int(r), int(col)) for c, r, col in zip(st.cmd, st.row, st.col)]
-        assert got == _reference_commands(k), k.name
+    assert {k.repeats for k in macs} > {1}                 # GQA kernels are among them
+    for k in {(k.what, k.repeats): k for k in macs}.values():
+        want, regs = _reference_batched(k, registers, reuse)
+        assert _listed(k) == want, k.name
+        assert k.mac_registers().tolist() == regs[:len(regs) // k.repeats], k.name
+        assert max(regs) < registers
     # a linear with 896 inputs (56 columns): pieces wrapped through the rows repeat their
     # slot -> input pattern every 56 / gcd(64, 56) rows: one global-buffer load per phase
     k = next(k for k in macs if k.what == "linear")
@@ -411,6 +478,27 @@ def test_kernel_expansion_equals_plain_loop_twin():
     period = kc // np.gcd(d.columns, kc)
     assert kc == 56 and len(k.passes) == min(period, k.part.template.n_rows)
     assert k.passes[0].gb_slot.size == d.gb_slots
+
+
+def test_result_registers_cut_mode_changes_not_data():
+    """More registers: the same MAC16, RDMAC16 (one per segment) and bytes to the ASIC; TMOD
+    falls to about two per R segments plus two per load."""
+    progs = {r: mapped("gpt2-small", "pim-gpt", None, (f"pim.result_registers={r}",
+                                                     "pim.gb_reuse=false")).program(100)
+             for r in (1, 3, 64)}
+    c = {r: p.counts() for r, p in progs.items()}
+    for r in (3, 64):
+        for cmd in ("MAC16", "RDMAC16", "ACT16", "WRGB", "PREA"):
+            assert c[r][cmd] == c[1][cmd], (r, cmd)
+        assert progs[r].transfer_bytes() == progs[1].transfer_bytes()
+    assert c[1]["TMOD"] > c[3]["TMOD"] > c[64]["TMOD"]
+    # every load (one per pass here) reads what is pending, so a pass of n segments adds
+    # n // R full batches; the last pass's remainder is read at the end
+    for r in (3, 64):
+        for k in progs[r].items(MacKernel):
+            n = [p.n_segments for p in k.passes]
+            want = len(n) + sum(x // r for x in n) + (n[-1] % r > 0)
+            assert k.counts["TMOD"] == 2 * k.repeats * want, k.name
 
 
 def test_cli_map_summary(capsys):
@@ -457,6 +545,94 @@ def test_functional_proof_small_global_buffer():
         if op.op == "linear":
             _check_linear(f, trace("gpt2-small"), m.placement, by_op, op, rng)
     _check_attention(f, trace("gpt2-small"), m.placement, by_op, 7, rng)
+
+
+@pytest.mark.parametrize("over", [("pim.result_registers=64",), ("pim.result_registers=3",),
+                                  ("pim.result_registers=3", "pim.gb_reuse=false"), AIM_LIKE])
+def test_functional_proof_result_registers(over):
+    """GPT-2 small layer 0 with R result registers (64, and an odd 3), executed from the
+    command stream: batched read-outs return every segment's own sum."""
+    m = mapped("gpt2-small", "pim-gpt", 64, over)
+    assert m.placement.geometry.result_registers == int(over[0].split("=")[1])
+    prog = m.program(7)
+    f, rng, by_op = Functional(m, seed=11), np.random.default_rng(12), _by_op(prog)
+    for op in trace("gpt2-small").decode.layer_ops(0):
+        if op.op == "linear":
+            _check_linear(f, trace("gpt2-small"), m.placement, by_op, op, rng)
+    _check_attention(f, trace("gpt2-small"), m.placement, by_op, 7, rng)
+
+
+def _toy_linear(over):
+    """One channel's linear region of 6 input columns x 2 slots whose second load shares
+    slots 0, 1 with the first (slots 2, 3 change)."""
+    from mappings.layout import ChannelPart, Region, segments_from_pieces
+    from mappings.program import MacKernel as MK
+    from mappings.program import build_passes
+
+    m = mapped("gpt2-small", "pim-gpt", 64, over)
+    g = m.placement.geometry
+    C = g.columns
+    #        slot kcol width (row, c0)
+    pieces = [(0, 0, 4, 0, 0), (1, 0, 2, 1, 0), (0, 4, 2, 1, 2), (1, 2, 2, 2, 2), (1, 4, 2, 3, 4)]
+    slot, k0, w, row, c0 = (np.array(a) for a in zip(*pieces))
+    t = segments_from_pieces(C, slot, 0 * slot, 0 * slot, k0, w, row * C + c0, 4, 2)
+    n_out = 2 * g.banks
+    so = np.arange(n_out).reshape(g.banks, 2)
+    region = Region("toy", "linear", 0, [ChannelPart(0, 0, t, so)],
+                    dict(out_features=n_out, in_features=6 * g.values_per_column, layout="out_in",
+                         out_offset=0, n_out=n_out, in_offset=0, in_len=6 * g.values_per_column))
+    passes = build_passes(t, C)
+    k = MK("toy", 0, "linear", region, region.parts[0], passes, 1, -1, None,
+           g.result_registers, g.gb_reuse)
+    return m, region, k
+
+
+@pytest.mark.parametrize("over", [("pim.result_registers=3",), AIM_LIKE])
+def test_buffer_reuse_writes_changed_slots_only_and_stays_exact(over):
+    m, region, k = _toy_linear(over)
+    reuse = m.placement.geometry.gb_reuse
+    assert [p.gb_slot.tolist() for p in k.passes] == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3]]
+    assert k.counts["WRGB"] == (6 + 2 if reuse else 6 + 4)
+    st = k.commands()
+    assert st.col[st.cmd == COMMANDS.index("WRGB")].tolist() == \
+        ([0, 1, 2, 3, 4, 5, 2, 3] if reuse else [0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    v = m.placement.geometry.values_per_column
+    rng = np.random.default_rng(13)
+    wt = rng.standard_normal((region.meta["n_out"], region.meta["in_len"])).astype(np.float32)
+    f = Functional(m, seed=14)                   # the buffer starts with garbage
+    f.store_columns(region, column_table(region, wt, v))
+    x = rng.standard_normal(region.meta["in_len"]).astype(np.float32)
+    y = linear_output(f, [k], x, region.meta["n_out"])
+    np.testing.assert_allclose(y, wt.astype(np.float64) @ x, rtol=1e-4, atol=1e-4)
+    res = issue(spec(*over).dram, st)
+    assert check(spec(*over).dram, *merge_log(st, res)) == []
+
+
+def test_functional_execution_catches_a_wrong_register_schedule(monkeypatch):
+    """The execution really models R registers: two pending segments sharing a register
+    (or a read-out before a segment ends) give wrong sums."""
+    m, region, k = _toy_linear(("pim.result_registers=3",))
+    v = m.placement.geometry.values_per_column
+    rng = np.random.default_rng(15)
+    wt = rng.standard_normal((region.meta["n_out"], region.meta["in_len"])).astype(np.float32)
+    x = rng.standard_normal(region.meta["in_len"]).astype(np.float32)
+
+    def run():
+        f = Functional(m, seed=16)
+        f.store_columns(region, column_table(region, wt, v))
+        return linear_output(f, [k], x, region.meta["n_out"])
+
+    want = wt.astype(np.float64) @ x
+    np.testing.assert_allclose(run(), want, rtol=1e-4, atol=1e-4)
+    real = MacKernel.mac_registers
+    for wrong in (lambda regs: 0 * regs, lambda regs: (regs + 1) % 3):
+        monkeypatch.setattr(MacKernel, "mac_registers", lambda self, w=wrong: w(real(self)))
+        try:
+            got = run()
+        except ValueError as exc:                 # a register left unread
+            assert "never read out" in str(exc)
+        else:
+            assert not np.allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
