@@ -93,6 +93,24 @@ def _tiles(k_cols: int, tile_cols: int) -> list[tuple[int, int]]:
     return [(t, min(tile_cols, k_cols - t)) for t in range(0, k_cols, tile_cols)]
 
 
+def _packed_tiles(k_cols: int, tile_cols: int, columns: int) -> list[tuple[int, int]]:
+    """Input tiles for pieces wrapped through rows: whole tiles, then the remainder cut into
+    widths that divide the row (largest first). A piece of such a width never straddles
+    rows and sits at a multiple of its width, so every row of the tile meets the same
+    global-buffer contents (the tile repeated across the buffer): one load per tile."""
+    out = []
+    t = 0
+    while k_cols - t >= tile_cols:
+        out.append((t, tile_cols))
+        t += tile_cols
+    while t < k_cols:
+        r = k_cols - t
+        w = max(d for d in range(1, min(r, tile_cols) + 1) if columns % d == 0)
+        out.append((t, w))
+        t += w
+    return out
+
+
 @functools.lru_cache(maxsize=4096)
 def linear_template(m: int, k_first: int, k_cols: int, columns: int, tile_cols: int,
                     pack: bool) -> Template:
@@ -104,7 +122,7 @@ def linear_template(m: int, k_first: int, k_cols: int, columns: int, tile_cols: 
     """
     slots, k0s, ws, poss = [], [], [], []
     row0 = 0
-    for t0, w in _tiles(k_cols, tile_cols):
+    for t0, w in (_packed_tiles(k_cols, tile_cols, columns) if pack else _tiles(k_cols, tile_cols)):
         s = np.arange(m, dtype=np.int64)
         if pack:
             pos = row0 * columns + s * w

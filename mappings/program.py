@@ -564,6 +564,9 @@ class _Builder:
         #: kv_append op -> {(region name, channel): write node}: an attention kernel waits
         #: only for the write into its own region and channel
         self.writes: dict[int, dict[tuple[str, int], str]] = {}
+        #: (layer, channel) -> V-cache write nodes: they wait for the layer's score kernels
+        #: on their channel (a V write is needed only by the context kernel, after softmax)
+        self.v_writes: dict[tuple[int, int], list[str]] = {}
 
     def add(self, name: str, item, after=()) -> str:
         self.G.add_node(name, item=item)
@@ -706,6 +709,8 @@ class _Builder:
                 tn = self.add(tin.name, tin, deps)
                 node = self.add(k.name, k, [tn])
                 self.writes.setdefault(op.index, {})[(region.name, part.channel)] = node
+                if region.kind != "kcache":
+                    self.v_writes.setdefault((op.layer, part.channel), []).append(node)
                 ends.append(node)
         return ends
 
@@ -727,6 +732,9 @@ class _Builder:
                        if (key := (region.name, part.channel)) in self.writes[d]]
                 end, k = self.mac(op, region, part, passes, what, group, deps + own,
                                   n_valid if what == "score" else None)
+                if what == "score":
+                    for w in self.v_writes.get((op.layer, part.channel), ()):
+                        self.G.add_edge(k.name, w)
                 ends.append(end)
                 partials += k.partial_sums()
         outputs = att.q_heads * (n_valid if what == "score" else att.head_dim)

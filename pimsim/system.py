@@ -48,6 +48,11 @@ _CLASS_OF = np.array([sorted(set(COMMAND_CLASS.values())).index(COMMAND_CLASS[c]
 _CLASSES = sorted(set(COMMAND_CLASS.values()))
 
 
+def _priority(item) -> int:
+    """Program order of a node's operator (lower first when several wait for a resource)."""
+    return int(getattr(item, "op_index", -1))
+
+
 def node_kind(item) -> str:
     if hasattr(item, "commands") and hasattr(item, "channel"):
         return KERNEL
@@ -99,8 +104,9 @@ class SystemSimulator:
         self.link_latency_ps = spec.link_latency_ps
         self.env = simpy.Environment()
         self.channels = [EngineState(spec.dram) for _ in range(spec.dram.channels)]
-        self.channel_res = [simpy.Resource(self.env, 1) for _ in range(spec.dram.channels)]
-        self.asic_res = simpy.Resource(self.env, 1)
+        # a freed resource goes to the waiting node earliest in program order (op index)
+        self.channel_res = [simpy.PriorityResource(self.env, 1) for _ in range(spec.dram.channels)]
+        self.asic_res = simpy.PriorityResource(self.env, 1)
         self.keep_timeline = keep_timeline
         self.keep_logs = keep_logs
         self.logs: list[list] = [[] for _ in range(spec.dram.channels)]
@@ -118,7 +124,7 @@ class SystemSimulator:
     # ------------------------------------------------------------------ processes
     def _kernel(self, item, stats: StepStats):
         c = item.channel
-        with self.channel_res[c].request() as req:
+        with self.channel_res[c].request(priority=_priority(item)) as req:
             yield req
             start = self.env.now
             stream = item.commands(self.spec)
@@ -208,7 +214,7 @@ class SystemSimulator:
 
     def _asic(self, item, stats: StepStats):
         cost = op_cost(self.spec.asic, item.kind, item.elements, getattr(item, "detail", None))
-        with self.asic_res.request() as req:
+        with self.asic_res.request(priority=_priority(item)) as req:
             yield req
             start = self.env.now
             yield self.env.timeout(int(math.ceil(cost.cycles * self.asic_ps)))
@@ -221,11 +227,13 @@ class SystemSimulator:
         # deps: (process, predecessor name, link delay in ps) per data dependency
         if deps:
             yield simpy.AllOf(self.env, list(dict.fromkeys(d[0] for d in deps)))
-        ready, via, delay = self.env.now, None, 0
+        # the input that arrived last (ties: the larger name) is the one the node waited for
+        via, delay, last = None, 0, None
         for _, pred, lat in deps:
             arrive = times[pred][2] + lat
-            if via is None or arrive > ready or (arrive == ready and pred > via):
-                ready, via, delay = max(arrive, ready), pred, lat
+            if last is None or arrive > last or (arrive == last and pred > via):
+                last, via, delay = arrive, pred, lat
+        ready = self.env.now if last is None else max(self.env.now, last)
         if ready > self.env.now:
             yield self.env.timeout(ready - self.env.now)
         if kind == KERNEL:

@@ -470,14 +470,18 @@ def test_kernel_expansion_equals_plain_loop_twin(registers, reuse):
         assert _listed(k) == want, k.name
         assert k.mac_registers().tolist() == regs[:len(regs) // k.repeats], k.name
         assert max(regs) < registers
-    # a linear with 896 inputs (56 columns): pieces wrapped through the rows repeat their
-    # slot -> input pattern every 56 / gcd(64, 56) rows: one global-buffer load per phase
+    # a linear with 896 inputs (56 columns < one 64-slot load): the input is cut into pieces
+    # of 32, 16 and 8 columns (widths that divide the row); the pieces of one width sit at
+    # multiples of it, so each width is one load of the tile repeated across all 64 slots
     k = next(k for k in macs if k.what == "linear")
     d = spec().dram
     kc = -(-k.region.meta["in_len"] // (d.column_bytes // 2))
-    period = kc // np.gcd(d.columns, kc)
-    assert kc == 56 and len(k.passes) == min(period, k.part.template.n_rows)
-    assert k.passes[0].gb_slot.size == d.gb_slots
+    assert kc == 56 and len(k.passes) == 3
+    m = k.part.template.n_slots   # outputs per bank: a tile's pieces fill m x width columns
+    for p, (first, width) in zip(k.passes, [(0, 32), (32, 16), (48, 8)]):
+        used = min(d.gb_slots, m * width)
+        assert p.gb_slot.tolist() == list(range(used))
+        assert p.gb_kcol.tolist() == [first + s % width for s in range(used)]
 
 
 def test_result_registers_cut_mode_changes_not_data():
