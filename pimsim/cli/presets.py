@@ -43,7 +43,9 @@ def run(args) -> int:
     if spec.pim:
         rows += [("pim.mac_lanes", spec.pim.mac_lanes),
                  ("pim.global_buffer_bytes", spec.pim.global_buffer_bytes),
-                 ("pim.clock_MHz", spec.pim.clock_MHz)]
+                 ("pim.clock_MHz", spec.pim.clock_MHz),
+                 ("pim.result_registers", spec.pim.result_registers),
+                 ("pim.gb_reuse", str(spec.pim.gb_reuse).lower())]
     rows += [("refresh.policy", d.refresh_policy), ("refresh.phase_cycles", d.refresh_phase_cycles)]
     for key, value in rows:
         src = spec.sources.get(key, "derived" if key == "timing.nMAC" else "")
