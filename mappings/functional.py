@@ -9,9 +9,10 @@ only in buffer mode, ACT16, MAC16 and PREA only in bank mode), each WRGB writes 
 global buffer that starts with garbage and keeps its contents between loads, each MAC16
 multiplies a column of every bank with the slot of the same index and adds into the result
 register it selects (:meth:`MacKernel.mac_registers`), and the j-th RDMAC16 of a run of
-read-outs reads (and clears) register j of every bank. Result number i of a repeat
-belongs to segment i (:meth:`MacKernel.segments`); the ASIC side adds the partial sums of
-each output.
+read-outs reads (and clears) register j of every bank; a register is cleared by nothing
+else, so segments that share a register across loads add up. Result number i of a repeat
+belongs to the output :meth:`MacKernel.readouts` names (a segment, or with continued
+accumulation a whole output); the ASIC side adds the values of each output.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class Functional:
 
     # -- MAC kernels ------------------------------------------------------------------------
     def run_mac(self, k: MacKernel, inputs):
-        """Yield (outputs (banks, segs), sub (segs,), repeat r, values (banks, segs)) per repeat.
+        """Yield (outputs (banks, reads), sub (reads,), repeat r, values (banks, reads)) per
+        repeat, one column per RDMAC16 of the repeat.
 
         ``inputs(inp, r)`` returns the input vector (padded to whole columns) that input
         ``inp`` means in repeat ``r``."""
@@ -94,8 +96,8 @@ class Functional:
         per = st.cmd.size // k.repeats if k.repeats else 0
         w_inp, w_kc = k.gb_writes()
         regs_of_mac = k.mac_registers()
-        seg = k.segments()
-        outs = k.part.slot_out[:, seg["slot"]]
+        ro = k.readouts()
+        outs = k.part.slot_out[:, ro["slot"]]
         gb = self.rng.uniform(-100, 100, (self.g.gb_slots, v)).astype(np.float32)
         for r in range(k.repeats):
             sl = slice(r * per, (r + 1) * per)
@@ -106,7 +108,7 @@ class Functional:
             mac = cmd == CMD_ID["MAC16"]
             rd = cmd == CMD_ID["RDMAC16"]
             if int(wr.sum()) != w_inp.size or int(mac.sum()) != regs_of_mac.size or \
-                    int(rd.sum()) != seg["row"].size:
+                    int(rd.sum()) != ro["slot"].size:
                 raise ValueError(f"{k.name}: stream and kernel plan disagree")
             # global buffer seen by each MAC16: the latest WRGB of its slot, else what the
             # buffer held before the repeat
@@ -134,7 +136,7 @@ class Functional:
                 _, back = np.unique(w_slot[::-1], return_index=True)
                 keep = w_slot.size - 1 - back
                 gb[w_slot[keep]] = data[keep]
-            yield outs, seg["sub"], r, acc
+            yield outs, ro["sub"], r, acc
 
 
 def _check_modes(cmd: np.ndarray, name: str) -> None:

@@ -13,8 +13,10 @@ Vocabulary (docs/mapping.md has pictures and reasons):
   ``c``; only *which* output sits in a slot differs between banks (``slot_out``).
 * A **piece** is a run of ``w`` consecutive 32-B columns of one slot holding input columns
   ``k0 .. k0+w-1`` of input vector ``inp`` for sub-output ``sub``; a piece that crosses a
-  row boundary is split into two **segments**. Every segment's sum is read out (one
-  RDMAC16, see ``mappings.program``); the ASIC adds the partial sums of one output.
+  row boundary is split into two **segments**. With one result register per bank every
+  segment's sum is read out (one RDMAC16, see ``mappings.program``) and the ASIC adds the
+  partial sums of one output; with enough registers the segments of one output
+  accumulate in the bank and are read out once.
 
 Everything here is plain integer arithmetic on numpy arrays; templates are cached by shape
 so that the 48 identical layers of GPT2-XL cost one template each.

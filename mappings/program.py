@@ -23,6 +23,16 @@ earlier loads of the same kernel repeat; a load with nothing to write is left ou
 kernels repeat their passes once per query head of a group (``repeats``); each repeat
 starts with no pending result and an unknown buffer, so repeats tile the stream.
 
+Continued accumulation: with ``R > 1``, a repeat whose segments belong to at most R
+distinct outputs (distinct (slot, sub) pairs; the segments of one output lie in the same
+bank slot, one per input tile) gives each output its own register, the output's rank among
+them in ascending (slot, sub) order. Every segment of an output then adds into the same
+register across passes and loads, nothing is read out inside the repeat (loads are plain
+TMOD, WRGB..., TMOD), and one batch at its end reads all of them (TMOD, RDMAC16 per
+output, TMOD): one value per output and bank instead of one per segment, so the ASIC has
+no partial sums to add. A repeat with more outputs than R keeps the batched read-out
+above, and one register (AiM) never accumulates across segments.
+
 Command counts and the row-hit rate are computed from this description without expanding
 it; a test checks them against the expanded streams.
 """
@@ -134,13 +144,40 @@ def _active_passes(what: str, t: Template, slot_out: np.ndarray, n_valid: int, c
     return passes
 
 
+@functools.lru_cache(maxsize=8192)
+def _outputs(passes: tuple[MacPass, ...]) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """The distinct outputs of one repeat, (slot, sub) in ascending order, and per pass each
+    segment's output rank."""
+    slot = [p.seg["slot"] for p in passes]
+    sub = [p.seg["sub"] for p in passes]
+    if not passes or sum(a.size for a in slot) == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, tuple(z for _ in passes)
+    s, b = np.concatenate(slot), np.concatenate(sub)
+    span = int(b.max()) + 1
+    keys, inv = np.unique(s * span + b, return_inverse=True)
+    bounds = np.cumsum([0] + [a.size for a in slot])
+    ranks = tuple(inv[bounds[i]:bounds[i + 1]].astype(np.int64) for i in range(len(passes)))
+    return keys // span, keys % span, ranks
+
+
+def accumulates(passes: tuple[MacPass, ...], registers: int) -> bool:
+    """True where a repeat accumulates every output in a register of its own across loads
+    (``registers > 1`` and at most ``registers`` distinct outputs; module docstring)."""
+    return registers > 1 and _outputs(passes)[0].size <= registers
+
+
 @functools.lru_cache(maxsize=65536)
-def _stats(passes: tuple, slot_out_bytes: bytes, banks: int, out_limit) -> tuple[int, int]:
-    """(partial sums holding a real output, useful bank-column products) per repeat."""
+def _stats(passes: tuple, slot_out_bytes: bytes, banks: int, out_limit,
+           registers: int = 1) -> tuple[int, int]:
+    """(values read out holding a real output, useful bank-column products) per repeat."""
     so = np.frombuffer(slot_out_bytes, dtype=np.int64).reshape(banks, -1)
     ok = so >= 0 if out_limit is None else (so >= 0) & (so < out_limit)
     valid = ok.sum(axis=0)
-    partial = sum(int(valid[p.seg["slot"]].sum()) for p in passes)
+    if accumulates(passes, registers):
+        partial = int(valid[_outputs(passes)[0]].sum())
+    else:
+        partial = sum(int(valid[p.seg["slot"]].sum()) for p in passes)
     useful = sum(int((valid[p.seg["slot"]] * p.seg["n"]).sum()) for p in passes)
     return partial, useful
 
@@ -162,14 +199,25 @@ class KernelPlan:
     passes: tuple[PassPlan, ...]
     registers: int
     final: int            # results read out after the last pass (0: none pending)
+    #: per pass, each segment's register when outputs accumulate across loads, else None
+    ranks: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def accumulate(self) -> bool:
+        """Every output accumulates in a register of its own; one read-out at the end."""
+        return self.ranks is not None
 
     def batches(self, p: MacPass, i: int) -> np.ndarray:
         """Per segment of pass ``i``: 1 where a full batch is read out after it."""
         j = np.arange(p.n_segments, dtype=np.int64)
+        if self.accumulate:
+            return 0 * j
         return ((self.passes[i].pending + j + 1) % self.registers == 0).astype(np.int64)
 
     def registers_of(self, p: MacPass, i: int) -> np.ndarray:
         """Per segment of pass ``i``: the result register it accumulates into."""
+        if self.accumulate:
+            return self.ranks[i]
         return (self.passes[i].pending + np.arange(p.n_segments, dtype=np.int64)) % self.registers
 
 
@@ -179,6 +227,7 @@ def kernel_plan(passes: tuple[MacPass, ...], registers: int = 1,
     """The load and read-out schedule of one kernel repeat (module docstring)."""
     if registers < 1:
         raise ValueError(f"result registers must be >= 1, got {registers}")
+    acc = accumulates(passes, registers)
     held_inp: dict[int, int] = {}
     held_kc: dict[int, int] = {}
     pending = 0
@@ -195,10 +244,16 @@ def kernel_plan(passes: tuple[MacPass, ...], registers: int = 1,
         else:
             wrgb = np.arange(p.gb_slot.size, dtype=np.int64)
             load = True
+        if acc:
+            out.append(PassPlan(load, wrgb, 0, 0))
+            continue
         drain = pending if load else 0
         start = 0 if load else pending
         out.append(PassPlan(load, wrgb, drain, start))
         pending = (start + p.n_segments) % registers
+    if acc:
+        slots, _, ranks = _outputs(passes)
+        return KernelPlan(tuple(out), registers, int(slots.size), ranks)
     return KernelPlan(tuple(out), registers, pending)
 
 
@@ -220,11 +275,14 @@ def _mac_counts_raw(passes: tuple[MacPass, ...], registers: int = 1,
     wrgb = sum(int(q.wrgb.size) for q in plan.passes)
     rows = sum(int(p.rows.size) for p in passes)
     macs = sum(int(p.seg["n"].sum()) for p in passes)
-    segs = sum(p.n_segments for p in passes)
-    # full batches: one each time the running segment count reaches a multiple of R
-    full = sum((q.pending + p.n_segments) // registers for p, q in zip(passes, plan.passes))
-    batches = full + (plan.final > 0)
-    return dict(TMOD=2 * (loads + batches), WRGB=wrgb, ACT16=rows, MAC16=macs, RDMAC16=segs,
+    if plan.accumulate:      # one read-out of every output at the end of the repeat
+        reads, batches = plan.final, int(plan.final > 0)
+    else:
+        reads = sum(p.n_segments for p in passes)
+        # full batches: one each time the running segment count reaches a multiple of R
+        full = sum((q.pending + p.n_segments) // registers for p, q in zip(passes, plan.passes))
+        batches = full + (plan.final > 0)
+    return dict(TMOD=2 * (loads + batches), WRGB=wrgb, ACT16=rows, MAC16=macs, RDMAC16=reads,
                 PREA=rows)
 
 
@@ -273,14 +331,23 @@ class MacKernel:
         return np.concatenate(regs) if regs else np.zeros(0, dtype=np.int64)
 
     def segments(self) -> dict[str, np.ndarray]:
-        """Segment arrays (SEG_FIELDS) of one repeat in issue order; results are read out
-        in this order (RDMAC16 number i of a repeat returns segment i)."""
+        """Segment arrays (SEG_FIELDS) of one repeat in issue order."""
         return {f: (np.concatenate([p.seg[f] for p in self.passes]) if self.passes else
                     np.zeros(0, dtype=np.int64)) for f in SEG_FIELDS}
 
+    def readouts(self) -> dict[str, np.ndarray]:
+        """What RDMAC16 number i of a repeat returns: the sum of output (``slot[i]``,
+        ``sub[i]``) of every bank. Segment i in issue order, or with continued accumulation
+        the i-th distinct output in ascending (slot, sub) order (its register's number)."""
+        if self.plan.accumulate:
+            slot, sub, _ = _outputs(self.passes)
+            return dict(slot=slot, sub=sub)
+        seg = self.segments()
+        return dict(slot=seg["slot"], sub=seg["sub"])
+
     def _stats(self) -> tuple[int, int]:
         so = self.part.slot_out
-        return _stats(self.passes, so.tobytes(), so.shape[0], self.out_limit)
+        return _stats(self.passes, so.tobytes(), so.shape[0], self.out_limit, self.registers)
 
     def useful_macs(self) -> int:
         """Bank-column products that hold a real output's data (of MAC16 x banks)."""

@@ -14,7 +14,10 @@ An operator is a sequence of passes over its elements. A pipelined pass over ``n
 elements through units of latency ``d`` takes ``ceil(n / lanes) + d - 1`` cycles; an
 accumulating pass (a sum or maximum per row) carries a dependency through the adder, so it
 takes ``ceil(n / lanes) * add_latency`` cycles plus an adder tree of ``ceil(log2(lanes))``
-levels to combine the lanes. Rows (tokens, attention heads) run one after another.
+levels to combine the lanes. Independent rows (tokens, attention heads) overlap: the
+passes of one row depend on each other, rows do not, so row r + 1 enters the pipelines as
+soon as row r has issued its passes; ``rows`` rows take one row's cycles plus ``rows - 1``
+times the cycles a row occupies the unit inputs (its issue cycles).
 
 :func:`op_cost` returns the cycles and the primitive operations (FP32 adds, multiplies,
 integer operations, SRAM bytes) of one operator, from which the energy model charges it.
@@ -88,6 +91,15 @@ class AsicCost:
     def times(self, k: int) -> "AsicCost":
         return AsicCost(self.cycles * k, self.adds * k, self.muls * k, self.int_ops * k,
                         self.sram_read_bytes * k, self.sram_write_bytes * k, dict(self.detail))
+
+    def rows(self, k: int, issue: int) -> "AsicCost":
+        """``k`` independent rows of this one-row cost, each occupying the unit inputs for
+        ``issue`` cycles: the work of ``k`` rows, one row's latency plus ``k - 1`` issue
+        intervals."""
+        out = self.times(k)
+        if k > 1:
+            out.cycles = self.cycles + (k - 1) * max(int(issue), 1)
+        return out
 
 
 # primitive operations of the special functions, as pimsim.numerics evaluates them
@@ -206,12 +218,16 @@ def op_cost(asic: AsicSpec, kind: str, elements: int, detail: Mapping | None = N
     if kind in ("layernorm", "rmsnorm"):
         tokens = int(d.get("tokens", 1))
         features = n // max(tokens, 1)
-        return _norm(asic, features, kind == "rmsnorm").times(tokens)
+        chunks = -(-features // asic.lanes)
+        issue = chunks * asic.add_latency + 1 + chunks   # pass 1, the scalars, pass 2
+        return _norm(asic, features, kind == "rmsnorm").rows(tokens, issue)
     if kind == "softmax":
         rows = int(d.get("heads", 1)) * int(d.get("q_len", 1))
         if rows <= 0 or n % rows:
             raise PimsimError(f"ASIC: softmax of {n} elements does not split into {rows} rows")
-        return _softmax_row(asic, n // rows).times(rows)
+        chunks = -(-(n // rows) // asic.lanes)
+        issue = 2 * chunks * asic.add_latency + 1 + chunks  # max, exp-sum, 1/sum, scale
+        return _softmax_row(asic, n // rows).rows(rows, issue)
     if kind == "activation":
         adds, muls, ints, lat = _activation(asic, str(d.get("kind", "")))
         return _elementwise(asic, n, adds, muls, ints, lat)

@@ -62,6 +62,15 @@ def test_special_function_counts_match_numerics(asic, monkeypatch):
     assert ln.muls == f + 1 + q_muls + 2 * f and ln.adds == f + 1 + q_adds
 
 
+def test_norm_rows_overlap(asic):
+    f, tokens = 1600, 4
+    one = op_cost(asic, "layernorm", f, {"tokens": 1})
+    many = op_cost(asic, "layernorm", tokens * f, {"tokens": tokens})
+    chunks = math.ceil(f / asic.lanes)
+    issue = chunks * asic.add_latency + 1 + chunks   # sum-of-squares pass, scalars, scale pass
+    assert many.cycles == one.cycles + (tokens - 1) * issue and many.adds == tokens * one.adds
+
+
 def test_elementwise_pass_latency(asic):
     for n in (1, 63, 64, 65, 1600, 6400):
         c = op_cost(asic, "elementwise", n, {"kind": "add", "operands": 2})
@@ -73,8 +82,13 @@ def test_softmax_is_rows_of_passes(asic):
     heads, ctx = 16, 1000
     one = op_cost(asic, "softmax", ctx, {"heads": 1, "q_len": 1})
     many = op_cost(asic, "softmax", heads * ctx, {"heads": heads, "q_len": 1})
-    assert many.cycles == heads * one.cycles and many.adds == heads * one.adds
+    assert many.adds == heads * one.adds and many.muls == heads * one.muls
     passes = math.ceil(ctx / asic.lanes)
+    # rows are independent: a new head enters the pipelines every time the previous one has
+    # issued its max pass, its accumulating exp pass, its reciprocal and its scale pass
+    issue = passes * asic.add_latency + passes * asic.add_latency + 1 + passes
+    assert many.cycles == one.cycles + (heads - 1) * issue
+    assert heads * issue <= many.cycles < heads * one.cycles
     # max pass + exp/sum pass (accumulating) + scale pass: at least three passes of the row
     assert one.cycles >= 3 * passes + asic.exp_latency + asic.recip_latency
     with pytest.raises(PimsimError, match="does not split into 16 rows"):

@@ -207,7 +207,8 @@ def test_program_is_a_dag_with_data_dependencies():
 def _sample_kernels(prog):
     picked, seen = [], set()
     for k in prog.kernels():
-        key = (k.what, getattr(k, "target", "")[-7:], getattr(k, "repeats", 1))
+        acc = isinstance(k, MacKernel) and 1 < k.registers and len(_outputs_of(k)) <= k.registers
+        key = (k.what, getattr(k, "target", "")[-7:], getattr(k, "repeats", 1), acc)
         if key not in seen:
             seen.add(key)
             picked.append(k)
@@ -405,9 +406,45 @@ def _reference_commands(k: MacKernel):
     return out
 
 
+def _outputs_of(k: MacKernel) -> list[tuple[int, int]]:
+    """The distinct (slot, sub) outputs of one repeat's segments, ascending."""
+    return sorted({(int(s), int(b)) for p in k.passes
+                   for s, b in zip(p.seg["slot"], p.seg["sub"])})
+
+
+def _reference_accumulated(k: MacKernel, reuse: bool):
+    """Plain-loop twin of continued accumulation (docs/mapping.md, 'Result registers'):
+    output number i (ascending (slot, sub)) owns register i for the whole repeat; loads
+    carry no read-out; one read-out of every output ends the repeat."""
+    rank = {o: i for i, o in enumerate(_outputs_of(k))}
+    out, regs = [], []
+    for _ in range(k.repeats):
+        held = {}
+        for p in k.passes:
+            want = {int(s): (int(i), int(c)) for s, i, c in zip(p.gb_slot, p.gb_inp, p.gb_kcol)}
+            write = [s for s in p.gb_slot.tolist() if not reuse or held.get(s) != want[s]]
+            held.update({s: want[s] for s in write})
+            if write or not reuse:
+                out += [("TMOD", -1, -1)] + [("WRGB", -1, s) for s in write] + [("TMOD", -1, -1)]
+            rows = p.seg["row"].tolist()
+            for i, r in enumerate(rows):
+                r_abs = r + k.part.base_row
+                if i == 0 or rows[i - 1] != r:
+                    out.append(("ACT16", r_abs, -1))
+                c0, n = int(p.seg["c0"][i]), int(p.seg["n"][i])
+                out += [("MAC16", r_abs, c) for c in range(c0, c0 + n)]
+                regs += [rank[(int(p.seg["slot"][i]), int(p.seg["sub"][i]))]] * n
+                if i + 1 == len(rows) or rows[i + 1] != r:
+                    out.append(("PREA", -1, -1))
+        out += [("TMOD", -1, -1)] + [("RDMAC16", -1, -1)] * len(rank) + [("TMOD", -1, -1)]
+    return out, regs
+
+
 def _reference_batched(k: MacKernel, registers: int, reuse: bool):
     """Plain-loop twin with R result registers and optional buffer reuse (docs/mapping.md,
     'Result registers'): returns (commands, register of each MAC16)."""
+    if registers > 1 and len(_outputs_of(k)) <= registers:
+        return _reference_accumulated(k, reuse)
     out, regs = [], []
     for _ in range(k.repeats):
         held, pending = {}, 0
@@ -465,7 +502,12 @@ def test_kernel_expansion_equals_plain_loop_twin(registers, reuse):
     prog = mapped("qwen2.5-0.5b", "pim-gpt", 256, over).program(70)
     macs = [k for k in prog.kernels() if isinstance(k, MacKernel)]
     assert {k.repeats for k in macs} > {1}                 # GQA kernels are among them
-    for k in {(k.what, k.repeats): k for k in macs}.values():
+    # one kernel per kind, per repeat count and per read-out form (accumulated or batched)
+    acc = lambda k: len(_outputs_of(k)) <= registers       # noqa: E731
+    picked = {(k.what, k.repeats, acc(k)): k for k in macs}
+    assert {(w, a) for w, _, a in picked} >= {("linear", True), ("linear", False)}
+    assert any(len(k.passes) > 1 for (_, _, a), k in picked.items() if a)
+    for k in picked.values():
         want, regs = _reference_batched(k, registers, reuse)
         assert _listed(k) == want, k.name
         assert k.mac_registers().tolist() == regs[:len(regs) // k.repeats], k.name
@@ -484,25 +526,75 @@ def test_kernel_expansion_equals_plain_loop_twin(registers, reuse):
         assert p.gb_kcol.tolist() == [first + s % width for s in range(used)]
 
 
-def test_result_registers_cut_mode_changes_not_data():
-    """More registers: the same MAC16, RDMAC16 (one per segment) and bytes to the ASIC; TMOD
-    falls to about two per R segments plus two per load."""
+def test_result_registers_cut_mode_changes_and_read_outs():
+    """More registers: the same MAC16, ACT16, WRGB and PREA. A kernel with more outputs
+    than R reads one value per segment and needs two TMOD per load plus two per batch of R
+    (every load reads what is pending, the last pass's remainder is read at the end); one
+    with at most R outputs (R > 1) reads one value per output and needs two TMOD per load
+    plus two."""
     progs = {r: mapped("gpt2-small", "pim-gpt", None, (f"pim.result_registers={r}",
                                                      "pim.gb_reuse=false")).program(100)
              for r in (1, 3, 64)}
     c = {r: p.counts() for r, p in progs.items()}
+    col = spec().dram.column_bytes
     for r in (3, 64):
-        for cmd in ("MAC16", "RDMAC16", "ACT16", "WRGB", "PREA"):
+        for cmd in ("MAC16", "ACT16", "WRGB", "PREA"):
             assert c[r][cmd] == c[1][cmd], (r, cmd)
-        assert progs[r].transfer_bytes() == progs[1].transfer_bytes()
+        assert progs[r].transfer_bytes()["to_pim"] == progs[1].transfer_bytes()["to_pim"]
+        assert progs[r].transfer_bytes()["to_asic"] == (c[r]["RDMAC16"] + c[r]["RD"]) * col
     assert c[1]["TMOD"] > c[3]["TMOD"] > c[64]["TMOD"]
-    # every load (one per pass here) reads what is pending, so a pass of n segments adds
-    # n // R full batches; the last pass's remainder is read at the end
+    assert c[1]["RDMAC16"] == sum(k.repeats * sum(p.n_segments for p in k.passes)
+                                  for k in progs[1].items(MacKernel))
+    assert c[1]["RDMAC16"] > c[64]["RDMAC16"]
+    forms = Counter()
     for r in (3, 64):
         for k in progs[r].items(MacKernel):
             n = [p.n_segments for p in k.passes]
-            want = len(n) + sum(x // r for x in n) + (n[-1] % r > 0)
-            assert k.counts["TMOD"] == 2 * k.repeats * want, k.name
+            outputs = len(_outputs_of(k))
+            if outputs <= r:
+                forms[r, "accumulated"] += 1
+                assert k.counts["RDMAC16"] == k.repeats * outputs, k.name
+                assert k.counts["TMOD"] == 2 * k.repeats * (len(n) + 1), k.name
+            else:
+                forms[r, "batched"] += 1
+                assert k.counts["RDMAC16"] == k.repeats * sum(n), k.name
+                want = len(n) + sum(x // r for x in n) + (n[-1] % r > 0)
+                assert k.counts["TMOD"] == 2 * k.repeats * want, k.name
+    # GPT-2 small: with 64 registers every kernel but the lm_head's accumulates (the score
+    # kernels at kv_len 100: one key slot x 12 heads per bank); with 3 none does
+    assert forms[64, "batched"] == 8 and forms[64, "accumulated"] > 0
+    assert forms[3, "accumulated"] == 0
+
+
+def test_accumulated_outputs_leave_no_partial_sums_to_the_asic():
+    """With every output in a register of its own, each value read out is a whole output:
+    the epilogues add only bias or scale. Useful MACs do not depend on R."""
+    progs = {r: mapped("gpt2-small", "pim-gpt", None, (f"pim.result_registers={r}",)).program(100)
+             for r in (1, 64)}
+    assert progs[1].mac_utilization() == progs[64].mac_utilization()
+    kernels = {r: {k.name: k for k in p.items(MacKernel)} for r, p in progs.items()}
+    by_op = {}
+    for k in progs[64].items(MacKernel):
+        by_op.setdefault(k.op_index, []).append(k)
+        assert k.useful_macs() == kernels[1][k.name].useful_macs(), k.name
+        so = k.part.slot_out
+        real = (so >= 0) & (so < (k.out_limit if k.out_limit is not None else so.max() + 1))
+        if len(_outputs_of(k)) <= 64:
+            # values read out holding a real output: banks whose slot holds one, per output
+            want = sum(int(real[:, s].sum()) for s, _ in _outputs_of(k))
+        else:
+            want = sum(int(real[:, p.seg["slot"]].sum()) for p in k.passes)
+        assert k.partial_sums() == k.repeats * want, k.name
+    epilogues = [a for a in progs[64].items(mappings.AsicOp) if a.kind.endswith("_epilogue")]
+    assert {a.kind for a in epilogues} == {"vmm_epilogue", "score_epilogue", "context_epilogue"}
+    for a in epilogues:
+        ks = by_op[a.op_index]
+        if all(len(_outputs_of(k)) <= 64 for k in ks):
+            assert a.detail["partial_sums"] == a.detail["outputs"], a.name
+            assert a.elements == (a.detail["outputs"] if a.detail.get("bias") or
+                                  a.kind == "score_epilogue" else 0), a.name
+        else:                                       # the lm_head: one value per segment
+            assert a.detail["partial_sums"] > a.detail["outputs"], a.name
 
 
 def test_cli_map_summary(capsys):
@@ -637,6 +729,97 @@ def test_functional_execution_catches_a_wrong_register_schedule(monkeypatch):
             assert "never read out" in str(exc)
         else:
             assert not np.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_functional_execution_catches_a_wrong_accumulation(monkeypatch):
+    """Continued accumulation (R = 64 > the toy's 2 outputs): each output's segments, in
+    two loads, add into one register read once at the end; sharing a register between
+    outputs, swapping them or starting a fresh register at the second load gives wrong
+    sums or a register never read."""
+    m, region, k = _toy_linear(("pim.result_registers=64",))
+    assert len(k.passes) == 2 and k.counts["RDMAC16"] == 2
+    st = k.commands()
+    rd = np.flatnonzero(st.cmd == COMMANDS.index("RDMAC16"))
+    wr = np.flatnonzero(st.cmd == COMMANDS.index("WRGB"))
+    assert rd.tolist() == [st.cmd.size - 3, st.cmd.size - 2] and wr.max() < rd.min()
+    # slot s of the toy owns register s in both loads
+    slot_of_mac = np.concatenate([np.repeat(p.seg["slot"], p.seg["n"]) for p in k.passes])
+    assert (k.mac_registers() == slot_of_mac).all()
+    v = m.placement.geometry.values_per_column
+    rng = np.random.default_rng(17)
+    wt = rng.standard_normal((region.meta["n_out"], region.meta["in_len"])).astype(np.float32)
+    x = rng.standard_normal(region.meta["in_len"]).astype(np.float32)
+
+    def run():
+        f = Functional(m, seed=18)
+        f.store_columns(region, column_table(region, wt, v))
+        return linear_output(f, [k], x, region.meta["n_out"])
+
+    want = wt.astype(np.float64) @ x
+    np.testing.assert_allclose(run(), want, rtol=1e-4, atol=1e-4)
+    second = np.concatenate([np.full(int(p.seg["n"].sum()), i) for i, p in enumerate(k.passes)])
+    real = MacKernel.mac_registers
+    for wrong in (lambda regs: 0 * regs, lambda regs: 1 - regs,
+                  lambda regs: regs + 2 * second):
+        monkeypatch.setattr(MacKernel, "mac_registers", lambda self, w=wrong: w(real(self)))
+        try:
+            got = run()
+        except ValueError as exc:                 # a register left unread
+            assert "never read out" in str(exc)
+        else:
+            assert not np.allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("model,registers", [("gpt2-small", 64), ("gpt2-medium", 64),
+                                             ("qwen2.5-0.5b", 64), ("qwen2.5-0.5b", 3),
+                                             ("gpt2-medium", 3)])
+def test_functional_proof_continued_accumulation(model, registers):
+    """Layer 0 executed from the command stream with R registers: kernels with at most R
+    outputs keep each output's register across loads (its tiles' segments add up in
+    hardware, one read-out at the end), the others read batches; results stay exact."""
+    over = (f"pim.result_registers={registers}",)
+    tr = trace(model)
+    m = mapped(model, "pim-gpt", 64, over)
+    prog = m.program(9)
+    layer0 = {o.index for o in tr.decode.layer_ops(0)}
+    forms = Counter()
+    for k in prog.items(MacKernel):
+        if k.op_index not in layer0:
+            continue
+        outputs = len(_outputs_of(k))
+        if outputs > registers:
+            forms["batched"] += 1
+            continue
+        forms["accumulated"] += 1
+        st = k.commands()
+        per = st.cmd.size // k.repeats
+        cmd = st.cmd[:per]
+        rd = np.flatnonzero(cmd == COMMANDS.index("RDMAC16"))
+        # one read-out, at the very end of the repeat, of every output once
+        assert rd.tolist() == list(range(per - 1 - outputs, per - 1)), k.name
+        mac = np.flatnonzero(cmd == COMMANDS.index("MAC16"))
+        wr = np.flatnonzero(cmd == COMMANDS.index("WRGB"))
+        regs = k.mac_registers()
+        assert sorted(set(regs.tolist())) == list(range(outputs)), k.name
+        passes_of = Counter(o for p in k.passes
+                            for o in set(zip(p.seg["slot"].tolist(), p.seg["sub"].tolist())))
+        if max(passes_of.values()) > 1:
+            # an output's segments lie in several passes: its register takes MAC16s on both
+            # sides of a later load
+            loads_before = np.searchsorted(wr, mac)
+            spread = [np.unique(loads_before[regs == r]).size for r in range(outputs)]
+            assert max(spread) > 1, k.name
+            forms["across loads"] += 1
+    assert forms["accumulated"] + forms["batched"] > 0
+    if registers == 64:
+        assert forms["across loads"] > 0
+    else:
+        assert forms["batched"] > 0
+    f, rng, by_op = Functional(m, seed=19), np.random.default_rng(20), _by_op(prog)
+    for op in tr.decode.layer_ops(0):
+        if op.op == "linear":
+            _check_linear(f, tr, m.placement, by_op, op, rng)
+    _check_attention(f, tr, m.placement, by_op, 9, rng)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
