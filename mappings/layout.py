@@ -180,21 +180,71 @@ def kcache_template(m: int, heads: int, w: int, columns: int, tile_cols: int,
     return segments_from_pieces(columns, s, g, g, 0 * s, np.full(s.size, w), pos, n_rows, m)
 
 
+def _sections(counts: list[int], sections: int) -> list[int]:
+    """Sections (pieces per row) of each head of a V row family: one each, the rest one at
+    a time to the head that needs the most rows (the first of equals)."""
+    out = [1] * len(counts)
+    for _ in range(sections - len(counts)):
+        need = [-(-n // w) for n, w in zip(counts, out)]
+        out[need.index(max(need))] += 1
+    return out
+
+
 @functools.lru_cache(maxsize=256)
 def vcache_template(slot_heads: tuple[int, ...], token_cols: int, columns: int,
-                    tile_cols: int) -> Template:
+                    tile_cols: int, per_row: int = 1) -> Template:
     """V stored transposed: slot ``s`` (an output neuron of head ``slot_heads[s]``) holds
-    the tokens of one head dimension, ``tile_cols`` columns (16 tokens each) per row."""
-    tiles = _tiles(token_cols, tile_cols)
-    nt = len(tiles)
+    the tokens of one head dimension (16 per column).
+
+    ``per_row`` (k) outputs share a row, each with W = ``tile_cols / k`` columns: row block
+    q of a slot holds token columns ``[q W, (q+1) W)``, so all pieces of a row cover the
+    same tokens. The channel's heads (runs of equal ``slot_heads``) are taken in **families**
+    of up to k consecutive heads; each head of a family gets one or more of the k
+    **sections** of a row (columns ``[i W, (i+1) W)``; spare sections go to the heads with
+    the most slots) and its slots fill its sections row by row. Every row of a family's
+    block q then meets the same global-buffer contents (section i: its head's
+    probabilities of that block): one load per family and block. A family with fewer than k
+    slots uses fewer, wider sections (the smallest count >= its slots that divides
+    ``tile_cols``; one slot: a whole row). Rows are family-major, then row of the family,
+    then block. k = 1: one slot per row, ``tile_cols`` token columns per row."""
+    if per_row < 1 or tile_cols % per_row:
+        raise ValueError(f"{per_row} V outputs per row do not divide {tile_cols} columns")
     m = len(slot_heads)
-    s = np.repeat(np.arange(m, dtype=np.int64), nt)
-    t = np.tile(np.arange(nt, dtype=np.int64), m)
-    k0 = np.array([a for a, _ in tiles], dtype=np.int64)[t]
-    w = np.array([b for _, b in tiles], dtype=np.int64)[t]
+    runs: list[list[int]] = []
+    for s, h in enumerate(slot_heads):
+        if runs and slot_heads[runs[-1][0]] == h:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    slots, k0s, ws, poss = [], [], [], []
+    row0 = 0
+    for f0 in range(0, len(runs), per_row):
+        fam = runs[f0:f0 + per_row]
+        total = sum(len(r) for r in fam)
+        d = per_row if total >= per_row else \
+            next(x for x in range(total, per_row + 1) if tile_cols % x == 0)
+        secs = _sections([len(r) for r in fam], d)
+        width = tile_cols // d
+        blocks = _tiles(token_cols, width)
+        nb = len(blocks)
+        fam_rows = max(-(-len(r) // w) for r, w in zip(fam, secs))
+        first = 0
+        for run, w in zip(fam, secs):
+            j = np.arange(len(run), dtype=np.int64)
+            q = np.repeat(np.arange(nb, dtype=np.int64), j.size)
+            jj = np.tile(j, nb)
+            slots.append(np.asarray(run, dtype=np.int64)[jj])
+            k0s.append(np.array([a for a, _ in blocks], dtype=np.int64)[q])
+            ws.append(np.array([b for _, b in blocks], dtype=np.int64)[q])
+            poss.append((row0 + (jj // w) * nb + q) * columns + (first + jj % w) * width)
+            first += w
+        row0 += fam_rows * nb
+    if not slots:
+        return segments_from_pieces(columns, [], [], [], [], [], [], 0, m)
+    s = np.concatenate(slots)
     g = np.asarray(slot_heads, dtype=np.int64)[s]
-    pos = (s * nt + t) * columns
-    return segments_from_pieces(columns, s, 0 * s, g, k0, w, pos, m * nt, m)
+    return segments_from_pieces(columns, s, 0 * s, g, np.concatenate(k0s), np.concatenate(ws),
+                                np.concatenate(poss), row0, m)
 
 
 @dataclass(eq=False)

@@ -87,7 +87,7 @@ class Strategy:
 
     name = "pim-gpt"
     description = ("PIM-GPT: outputs spread over all channels x banks, heads concatenated, "
-                   "rows filled (wrapped), K key-major, V transposed")
+                   "rows filled (wrapped), K key-major, V transposed (k outputs per row)")
 
     # -- weight matrices ------------------------------------------------------------------
     def linear_regions(self, g: Geometry, lin: Linear) -> list[Region]:
@@ -95,8 +95,18 @@ class Strategy:
                               pack=True)]
 
     # -- KV cache ---------------------------------------------------------------------------
+    #: V outputs sharing a row (k) when the MAC units have more than one result register
+    v_outputs_per_row = 4
+
+    def v_per_row(self, g: Geometry) -> int:
+        """k outputs of the V cache per row: ``v_outputs_per_row`` when the MAC units have
+        R > 1 result registers (a row's k segments then cost no extra read-outs) and k
+        divides the columns one load serves; 1 with one register, as on AiM."""
+        k = self.v_outputs_per_row if g.result_registers > 1 else 1
+        return k if k >= 1 and g.tile_cols % k == 0 else 1
+
     def kv_regions(self, g: Geometry, att: Attention) -> tuple[list[Region], list[Region]]:
-        return ([kcache_region(g, att, concat=True)], [vcache_region(g, att)])
+        return ([kcache_region(g, att, concat=True)], [vcache_region(g, att, self.v_per_row(g))])
 
 
 def _parts(g: Geometry, ch: np.ndarray, bank: np.ndarray, slot: np.ndarray, out: np.ndarray,
@@ -137,9 +147,10 @@ def kcache_region(g: Geometry, att: Attention, concat: bool) -> Region:
                   dict(kv_heads=att.kv_heads, head_dim=att.head_dim, reserve=att.reserve))
 
 
-def vcache_region(g: Geometry, att: Attention) -> Region:
+def vcache_region(g: Geometry, att: Attention, per_row: int = 1) -> Region:
     """V transposed: output (head, d) holds V[head, :, d] along the rows. Outputs go in
-    blocks of 16 (one per bank) of one head; blocks fill the channels in order."""
+    blocks of 16 (one per bank) of one head; blocks fill the channels in order. A channel's
+    slots share rows in groups of ``per_row`` (``vcache_template``)."""
     bph = cols(att.head_dim, g.banks)                 # blocks per head
     nb = att.kv_heads * bph
     b = np.repeat(np.arange(nb, dtype=np.int64), g.banks)
@@ -155,15 +166,17 @@ def vcache_region(g: Geometry, att: Attention) -> Region:
 
     def make(c, m):
         return vcache_template(tuple(int((first[c] + s) // bph) for s in range(m)), token_cols,
-                               g.mac_columns, g.tile_cols)
+                               g.mac_columns, g.tile_cols, per_row)
 
     parts = _parts(g, ch, bank, slot, out, make)
     return Region(f"layer{att.layer}.v_cache", "vcache", att.layer, parts,
-                  dict(kv_heads=att.kv_heads, head_dim=att.head_dim, reserve=att.reserve))
+                  dict(kv_heads=att.kv_heads, head_dim=att.head_dim, reserve=att.reserve,
+                       per_row=per_row))
 
 
 class NaiveStrategy(Strategy):
     name = "naive"
+    v_outputs_per_row = 1
     description = ("no concatenation: attention projections split into per-head matrices, "
                    "every (output, input tile) piece and every head's K and V padded to rows")
 
@@ -191,7 +204,7 @@ class NaiveStrategy(Strategy):
                                                              g.tile_cols))
             vs.append(Region(f"layer{att.layer}.v_cache[head {h}]", "vcache", att.layer, parts,
                              dict(kv_heads=att.kv_heads, head_dim=att.head_dim,
-                                  reserve=att.reserve)))
+                                  reserve=att.reserve, per_row=1)))
         return [kcache_region(g, att, concat=False)], vs
 
 

@@ -109,7 +109,8 @@ def test_every_element_placed_once_no_overlap_in_range(model, max_context, strat
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_element_lanes_are_exact(strategy):
-    """Element level on one matrix: the flat index of every stored element, once."""
+    """Element level on one matrix and the K and V caches: the flat index of every stored
+    element, once."""
     m = mapped("gpt2-small", strategy, None, tuple(BIG) if strategy == "naive" else ())
     pl = m.placement
     w = "transformer.h.0.attn.c_attn.weight"
@@ -119,6 +120,8 @@ def test_element_lanes_are_exact(strategy):
     att = pl.attention[0]
     k = np.concatenate([pl.elements(r)["index"] for r in ks])
     assert _is_permutation(k, att.reserve * att.kv_heads * att.head_dim)
+    vv = np.concatenate([pl.elements(r)["index"] for r in vs])
+    assert _is_permutation(vv, att.reserve * att.kv_heads * att.head_dim)
 
 
 def test_kv_reserve_follows_context_and_window():
@@ -298,13 +301,16 @@ def _check_attention(f, tr, pl, by_op, kv_len, rng):
     att = pl.attention[0]
     ks, vs = pl.kv[0]
     n = min(kv_len, att.reserve)
+    new = (kv_len - 1) % att.reserve        # this step's position slot (a ring past the window)
     kc = rng.standard_normal((att.reserve, att.kv_heads, att.head_dim)).astype(np.float32)
     vc = rng.standard_normal((att.kv_heads, att.head_dim, att.reserve)).astype(np.float32)
     # earlier positions through the placement; this step's K and V through the program
     for r in ks:
-        f.store_columns(r, column_table(r, kc, v), keep=lambda c: c["out"] < n - 1)
+        f.store_columns(r, column_table(r, kc, v),
+                        keep=lambda c: (c["out"] < n) & (c["out"] != new))
     garbage = vc.copy()
-    garbage[:, :, n - 1:] = 1e3
+    garbage[:, :, n:] = 1e3
+    garbage[:, :, new] = 1e3
     for r in vs:
         f.store_columns(r, column_table(r, garbage, v))
     for op in ops:
@@ -346,6 +352,119 @@ def test_functional_proof(model, kv_len, reserve, strategy):
         if op.op == "linear":
             _check_linear(f, tr, m.placement, by_op, op, rng)
     _check_attention(f, tr, m.placement, by_op, kv_len, rng)
+
+
+def _v_rows(part, pl):
+    """Per (row, piece start) of a V template: the slot and the token columns it holds."""
+    t = part.template
+    return {(int(r), int(c)): (int(s), int(k), int(n), int(h))
+            for r, c, s, k, n, h in zip(t.row, t.c0, t.slot, t.k0, t.n, t.inp)}
+
+
+def test_v_rows_shared_by_k_outputs_on_the_same_tokens():
+    """R = 64: GPT-2 small (12 heads x 64 = 48 blocks of 16 outputs, 6 slots per channel:
+    4 of one head, 2 of the next) with 600 positions (38 token columns). k = 4 outputs share
+    a row, 16 columns (256 positions) each: 3 row blocks (16 + 16 + 6 columns), 2 rows per
+    block for the 6 slots (8 sections of 16 columns); every piece of a row holds the same
+    token columns, and a head keeps its sections in every row of the channel, so each block
+    is one global-buffer load."""
+    m = mapped("gpt2-small", "pim-gpt", 600)
+    pl = m.placement
+    for r in pl.kv[0][1]:
+        assert r.meta["per_row"] == 4
+        for part in r.parts:
+            t = part.template
+            assert t.n_slots == 6 and t.n_rows == 2 * 3
+            rows = _v_rows(part, pl)
+            assert sorted({c for _, c in rows}) == [0, 16, 32, 48]      # 4 sections of 16
+            by_row = {}
+            for (row, c0), (slot, k0, n, head) in rows.items():
+                by_row.setdefault(row, []).append((c0, slot, k0, n, head))
+            assert len(by_row) == 6
+            sections = {}
+            per_block = Counter()
+            for row, pieces in by_row.items():
+                assert len(pieces) <= 4
+                assert len({(k0, n) for _, _, k0, n, _ in pieces}) == 1  # the same tokens
+                k0, n = pieces[0][2], pieces[0][3]
+                assert (k0, n) in {(0, 16), (16, 16), (32, 6)}
+                per_block[k0] += len(pieces)
+                for c0, _, _, _, head in pieces:
+                    assert sections.setdefault(c0, head) == head         # one head each
+            assert per_block == {0: 6, 16: 6, 32: 6}
+            assert list(sections.values()).count(sections[0]) in (2, 3)  # 4 + 2 slots
+            # every slot holds all 38 token columns once
+            cover = Counter()
+            for slot, k0, n, _ in rows.values():
+                cover.update((slot, k) for k in range(k0, k0 + n))
+            assert set(cover.values()) == {1} and len(cover) == 6 * 38
+    for L, blocks in ((7, 1), (257, 2), (600, 3)):
+        ks = [k for k in m.program(L).items(MacKernel)
+              if k.what == "context" and k.region.layer == 0]
+        for k in ks:
+            assert len(k.passes) == blocks and k.counts["ACT16"] == 2 * blocks, (L, k.name)
+            assert k.counts["MAC16"] == 6 * -(-L // 16)                 # 6 outputs' tokens
+
+
+def test_v_rows_one_output_per_row_with_one_register():
+    """R = 1 (override and the gddr6-aim preset): one output per row, 64 token columns
+    (1024 positions) per row; 1100 positions are 69 columns, tiles of 64 and 5, and slot s
+    holds tile i in row 2 s + i."""
+    for m in (mapped("gpt3-small", "pim-gpt", 1100, AIM_LIKE),
+              mappings.map(trace("gpt3-small"), load_preset("gddr6-aim"), max_context=1100)):
+        for r in m.placement.kv[0][1]:
+            assert r.meta["per_row"] == 1
+            for part in r.parts:
+                t = part.template
+                tiles = [(0, 64), (64, 5)]
+                want = {(s * 2 + i, 0): (s, k0, n) for s in range(t.n_slots)
+                        for i, (k0, n) in enumerate(tiles)}
+                assert {k: v[:3] for k, v in _v_rows(part, m.placement).items()} == want
+
+
+def test_v_append_writes_k_outputs_per_activation():
+    """The new V element of every (head, d) output is one lane (position mod 16) of one
+    column; with R = 64 the outputs of one row block share a row: GPT-2 small's 6 slots per
+    bank in 2 rows, so one ACT per 3 masked writes (R = 1: one per write)."""
+    for over, per_act in (((), 3), (AIM_LIKE, 1)):
+        m = mapped("gpt2-small", "pim-gpt", 600, over)
+        for L in (1, 300, 600):
+            prog = m.program(L)
+            append = next(o.index for o in trace("gpt2-small").decode.layer_ops(0)
+                          if o.op == "kv_append" and o["target"] == "v")
+            ws = [k for k in prog.items(AccessKernel) if k.op_index == append]
+            assert len(ws) == 8
+            for k in ws:
+                assert k.counts["WR"] == 16 * 6 and k.counts["ACT"] == 16 * 6 // per_act
+                assert set(k.lane.tolist()) == {(L - 1) % 16}
+                assert set(k.src_kcol.tolist()) == {(L - 1) // 16}
+
+
+@pytest.mark.parametrize("registers", [64, 1])
+@pytest.mark.parametrize("model,kv_len,reserve", [
+    ("gpt2-small", 257, 600), ("gpt2-small", 513, 600), ("gpt3-small", 1030, 1100),
+    ("qwen2.5-0.5b", 300, 320), ("llama-3.2-1b", 260, 300)])
+def test_functional_proof_v_rows(model, kv_len, reserve, registers):
+    """Attention of layer 0 with V rows shared by k = 4 outputs (R = 64) and one output per
+    row (R = 1), at KV lengths whose new position opens a row block (256, 512), lies in a
+    narrow last block (1029 of 1100) or in a GQA layout (Qwen2.5: one V slot per channel;
+    LLaMA-3.2: four slots of one K/V head per channel)."""
+    over = (f"pim.result_registers={registers}",)
+    m = mapped(model, "pim-gpt", reserve, over)
+    assert all(r.meta["per_row"] == (4 if registers > 1 else 1) for r in m.placement.kv[0][1])
+    _check_attention(Functional(m, seed=21), trace(model), m.placement,
+                     _by_op(m.program(kv_len)), kv_len, np.random.default_rng(22))
+
+
+def test_functional_proof_sliding_window_ring():
+    """Mistral-7B (window 4096, GQA 32/8) past its window: position L-1 goes to slot
+    (L-1) mod 4096 in the middle of a V row block; every slot is live."""
+    mis = mapped("mistral-7b", overrides=("organization.channels=32",))
+    window = mis.placement.attention[0].reserve
+    assert all(r.meta["per_row"] == 4 for r in mis.placement.kv[0][1])
+    L = window + 300
+    _check_attention(Functional(mis, seed=23), trace("mistral-7b"), mis.placement,
+                     _by_op(mis.program(L)), L, np.random.default_rng(24))
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -527,20 +646,27 @@ def test_kernel_expansion_equals_plain_loop_twin(registers, reuse):
 
 
 def test_result_registers_cut_mode_changes_and_read_outs():
-    """More registers: the same MAC16, ACT16, WRGB and PREA. A kernel with more outputs
-    than R reads one value per segment and needs two TMOD per load plus two per batch of R
-    (every load reads what is pending, the last pass's remainder is read at the end); one
-    with at most R outputs (R > 1) reads one value per output and needs two TMOD per load
-    plus two."""
+    """More registers: the same MAC16, ACT16, WRGB and PREA in the weight and K kernels (the
+    V cache shares rows between outputs with R > 1: the same MAC16, fewer ACT16). A kernel
+    with more outputs than R reads one value per segment and needs two TMOD per load plus
+    two per batch of R (every load reads what is pending, the last pass's remainder is read
+    at the end); one with at most R outputs (R > 1) reads one value per output and needs
+    two TMOD per load plus two."""
     progs = {r: mapped("gpt2-small", "pim-gpt", None, (f"pim.result_registers={r}",
                                                      "pim.gb_reuse=false")).program(100)
              for r in (1, 3, 64)}
     c = {r: p.counts() for r, p in progs.items()}
+    ops = {r: p.by_op() for r, p in progs.items()}
     col = spec().dram.column_bytes
     for r in (3, 64):
-        for cmd in ("MAC16", "ACT16", "WRGB", "PREA"):
-            assert c[r][cmd] == c[1][cmd], (r, cmd)
-        assert progs[r].transfer_bytes()["to_pim"] == progs[1].transfer_bytes()["to_pim"]
+        for what in ("linear", "score"):
+            for cmd in ("MAC16", "ACT16", "WRGB", "PREA"):
+                assert ops[r][what][cmd] == ops[1][what][cmd], (r, what, cmd)
+        assert ops[r]["context"]["MAC16"] == ops[1]["context"]["MAC16"]
+        assert ops[r]["context"]["ACT16"] < ops[1]["context"]["ACT16"]
+        assert ops[r]["write"]["WR"] == ops[1]["write"]["WR"]
+        assert ops[r]["write"]["ACT"] < ops[1]["write"]["ACT"]
+        assert progs[r].transfer_bytes()["to_pim"] == (c[r]["WRGB"] + c[r]["WR"]) * col
         assert progs[r].transfer_bytes()["to_asic"] == (c[r]["RDMAC16"] + c[r]["RD"]) * col
     assert c[1]["TMOD"] > c[3]["TMOD"] > c[64]["TMOD"]
     assert c[1]["RDMAC16"] == sum(k.repeats * sum(p.n_segments for p in k.passes)
