@@ -113,28 +113,37 @@ def _packed_tiles(k_cols: int, tile_cols: int, columns: int) -> list[tuple[int, 
     return out
 
 
+def linear_tiles(k_cols: int, tile_cols: int, columns: int, pack: bool) -> list[tuple[int, int]]:
+    """(first input column, width) of the tiles ``linear_template`` cuts the input into."""
+    return _packed_tiles(k_cols, tile_cols, columns) if pack else _tiles(k_cols, tile_cols)
+
+
 @functools.lru_cache(maxsize=4096)
 def linear_template(m: int, k_first: int, k_cols: int, columns: int, tile_cols: int,
-                    pack: bool) -> Template:
+                    pack: bool, last_tiles: tuple[int, ...] | None = None) -> Template:
     """``m`` output slots of ``k_cols`` input columns (starting at input column ``k_first``).
 
     The input is cut into tiles of ``tile_cols`` columns (what one global-buffer load
     holds). ``pack``: tile-major stream, the pieces of one tile wrapped continuously through
     the rows (rows filled); else every (slot, tile) piece starts its own row (padded).
+    ``last_tiles``: the last slot holds only these tiles (indices into ``linear_tiles``), a
+    slice of its output's input; its pieces follow the other slots' pieces of the same tile,
+    so they meet the same global-buffer contents. None: every slot holds every tile.
     """
     slots, k0s, ws, poss = [], [], [], []
     row0 = 0
-    for t0, w in (_packed_tiles(k_cols, tile_cols, columns) if pack else _tiles(k_cols, tile_cols)):
-        s = np.arange(m, dtype=np.int64)
+    for i, (t0, w) in enumerate(linear_tiles(k_cols, tile_cols, columns, pack)):
+        k = m if last_tiles is None or i in last_tiles else m - 1
+        s = np.arange(k, dtype=np.int64)
         if pack:
             pos = row0 * columns + s * w
-            rows = -(-m * w // columns)
+            rows = -(-k * w // columns)
         else:
             pos = (row0 + s) * columns
-            rows = m
+            rows = k
         slots.append(s)
-        k0s.append(np.full(m, k_first + t0))
-        ws.append(np.full(m, w))
+        k0s.append(np.full(k, k_first + t0))
+        ws.append(np.full(k, w))
         poss.append(pos)
         row0 += rows
     if not slots:

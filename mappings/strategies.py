@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mappings.layout import (ChannelPart, Region, kcache_template, linear_template,
+from mappings.layout import (ChannelPart, Region, kcache_template, linear_template, linear_tiles,
                              vcache_template)
 
 
@@ -92,7 +92,7 @@ class Strategy:
     # -- weight matrices ------------------------------------------------------------------
     def linear_regions(self, g: Geometry, lin: Linear) -> list[Region]:
         return [spread_linear(g, lin, lin.weight, lin.out_features, 0, lin.in_features, 0,
-                              pack=True)]
+                              pack=True, balance=True)]
 
     # -- KV cache ---------------------------------------------------------------------------
     #: V outputs sharing a row (k) when the MAC units have more than one result register
@@ -123,18 +123,81 @@ def _parts(g: Geometry, ch: np.ndarray, bank: np.ndarray, slot: np.ndarray, out:
     return parts
 
 
+def _slices(widths: list[int], p: int) -> list[tuple[int, ...]]:
+    """Tiles (indices) of ``p`` slices with balanced column counts: widest tile first, each
+    to the slice with the fewest columns so far (the first of equals). Every slice gets a
+    tile when ``p <= len(widths)``, and the column counts of two slices differ by at most
+    the widest tile."""
+    load = [0] * p
+    out: list[list[int]] = [[] for _ in range(p)]
+    for i in sorted(range(len(widths)), key=lambda i: -widths[i]):
+        j = load.index(min(load))
+        out[j].append(i)
+        load[j] += widths[i]
+    return [tuple(sorted(a)) for a in out]
+
+
+def last_round_slices(g: Geometry, n_out: int, widths: list[int]) -> list[tuple[int, ...]] | None:
+    """How the last, partly filled slot round of a matrix is cut (``spread_linear``): the
+    tiles of each slice, or None to keep whole outputs there.
+
+    With r = n_out mod U remaining outputs, one slice of all r needs ceil(r / banks)
+    channels, so at most channels // ceil(r / banks) slices fit (and at most one per
+    tile). Of 2 .. that many, the fewest slices whose widest slice has the fewest columns."""
+    r = n_out % g.units
+    if r == 0:
+        return None
+    p_max = min(g.channels // -(-r // g.banks), len(widths))
+    best = None
+    for p in range(2, p_max + 1):
+        sl = _slices(widths, p)
+        cost = max(sum(widths[i] for i in a) for a in sl)
+        if best is None or cost < best[0]:
+            best = (cost, sl)
+    return best[1] if best else None
+
+
 def spread_linear(g: Geometry, lin: Linear, name: str, n_out: int, out_offset: int,
-                  in_len: int, in_offset: int, pack: bool) -> Region:
-    """Outputs round-robin over all units, channels first: output n -> unit n mod U."""
+                  in_len: int, in_offset: int, pack: bool, balance: bool = False) -> Region:
+    """Outputs round-robin over all units, channels first: output n -> unit n mod U, slot
+    n div U.
+
+    ``balance``: when the last slot round is partly filled (r = n_out mod U outputs), it is
+    cut along the input instead where ``last_round_slices`` finds slices: channel c holds
+    slice c mod p (whole tiles, the same for all its banks, as the template is shared);
+    remaining output i (n = n_out - r + i) lies in bank i mod banks of the (i div banks)-th
+    channel of each slice, in slot n div U. Each of the r outputs then has p partial sums,
+    one per slice; every channel's last slot costs the columns of its slice, not a whole
+    output's."""
     n = np.arange(n_out, dtype=np.int64)
     u = n % g.units
     kc = cols(in_len, g.values_per_column)
-    parts = _parts(g, u % g.channels, u // g.channels, n // g.units, n,
-                   lambda c, m: linear_template(m, 0, kc, g.mac_columns, g.tile_cols, pack))
+    ch, bank, slot, out = u % g.channels, u // g.channels, n // g.units, n
+    slices = None
+    if balance:
+        tiles = linear_tiles(kc, g.tile_cols, g.mac_columns, pack)
+        slices = last_round_slices(g, n_out, [w for _, w in tiles])
+    if slices is not None:
+        p = len(slices)
+        q = n_out // g.units
+        main = n < q * g.units
+        i = np.tile(np.arange(n_out - q * g.units, dtype=np.int64), p)
+        j = np.repeat(np.arange(p, dtype=np.int64), n_out - q * g.units)
+        ch = np.concatenate([ch[main], j + (i // g.banks) * p])
+        bank = np.concatenate([bank[main], i % g.banks])
+        slot = np.concatenate([slot[main], np.full(i.size, q, dtype=np.int64)])
+        out = np.concatenate([out[main], q * g.units + i])
+
+    def make(c, m):
+        last = slices[c % len(slices)] if slices is not None and m > n_out // g.units else None
+        return linear_template(m, 0, kc, g.mac_columns, g.tile_cols, pack, last)
+
+    parts = _parts(g, ch, bank, slot, out, make)
     return Region(name, "linear", lin.layer, parts,
                   dict(weight=lin.weight, in_features=lin.in_features,
                        out_features=lin.out_features, layout=lin.layout, out_offset=out_offset,
-                       n_out=n_out, in_offset=in_offset, in_len=in_len))
+                       n_out=n_out, in_offset=in_offset, in_len=in_len,
+                       last_slices=slices))
 
 
 def kcache_region(g: Geometry, att: Attention, concat: bool) -> Region:

@@ -58,10 +58,13 @@ def _cells(pl, ch, bank, row, col):
     return ((ch * g.banks + bank) * g.rows + row) * g.columns + col
 
 
-@pytest.mark.parametrize("model,max_context,strategy",
-                         [("gpt2-small", None, s) for s in STRATEGIES] + [("qwen2.5-0.5b", 512, "pim-gpt")])
-def test_every_element_placed_once_no_overlap_in_range(model, max_context, strategy):
-    m = mapped(model, strategy, max_context, tuple(BIG) if strategy == "naive" else ())
+@pytest.mark.parametrize("model,max_context,strategy,over",
+                         [("gpt2-small", None, s, ()) for s in STRATEGIES] +
+                         [("qwen2.5-0.5b", 512, "pim-gpt", ()),
+                          ("qwen2.5-0.5b", 512, "pim-gpt", ("organization.channels=16",)),
+                          ("gpt2-small", None, "pim-gpt", ("organization.channels=16",))])
+def test_every_element_placed_once_no_overlap_in_range(model, max_context, strategy, over):
+    m = mapped(model, strategy, max_context, tuple(BIG) if strategy == "naive" else over)
     pl = m.placement
     g = pl.geometry
     v = g.values_per_column
@@ -226,7 +229,9 @@ AIM_LIKE = ("pim.result_registers=1", "pim.gb_reuse=false")
     ("gpt2-small", "pim-gpt", ()), ("qwen2.5-0.5b", "pim-gpt", ()), ("gpt2-small", "naive", ()),
     ("gpt2-small", "column", ()), ("gpt2-small", "pim-gpt", AIM_LIKE),
     ("gpt2-small", "pim-gpt", ("pim.result_registers=3",)),
-    ("qwen2.5-0.5b", "pim-gpt", ("pim.result_registers=5", "pim.gb_reuse=false"))])
+    ("qwen2.5-0.5b", "pim-gpt", ("pim.result_registers=5", "pim.gb_reuse=false")),
+    ("gpt2-small", "pim-gpt", ("organization.channels=16",)),
+    ("gpt2-small", "pim-gpt", ("organization.channels=16",) + AIM_LIKE)])
 def test_expanded_kernels_pass_the_engine_and_match_counts(model, strategy, over):
     over = tuple(over) + (tuple(BIG) if strategy == "naive" else ())
     m = mapped(model, strategy, 256, over)
@@ -471,25 +476,28 @@ def test_functional_proof_sliding_window_ring():
 def test_functional_proof_uneven_shapes(strategy):
     """Shapes that do not divide evenly: GPT2-XL's 25 heads (K tiles of 16 + 9 heads, 36
     columns wrapped) at a KV length that leaves banks with empty key slots, and GPT-2
-    small's lm_head (50257 outputs: empty slots in some banks)."""
+    small's lm_head (50257 outputs: empty slots in some banks; on 16 channels its last 81
+    outputs are cut into two slices)."""
     over = tuple(BIG) if strategy == "naive" else ()
     m = mapped("gpt2-xl", strategy, 256, over)
     _check_attention(Functional(m, seed=3), trace("gpt2-xl"), m.placement,
                      _by_op(m.program(150)), 150, np.random.default_rng(4))
     if strategy == "naive":
         return  # the naive lm_head is the pim-gpt one padded; its memory image is 4x larger
-    m = mapped("gpt2-small", strategy, 64, over)
     op = next(o for o in trace("gpt2-small").decode.ops if o.op == "lm_head")
-    _check_linear(Functional(m, seed=5), trace("gpt2-small"), m.placement, _by_op(m.program(3)),
-                  op, np.random.default_rng(6))
+    for o in [over] + ([("organization.channels=16",)] if strategy == "pim-gpt" else []):
+        m = mapped("gpt2-small", strategy, 64, o)
+        _check_linear(Functional(m, seed=5), trace("gpt2-small"), m.placement,
+                      _by_op(m.program(3)), op, np.random.default_rng(6))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_embedding_read_returns_the_tied_rows(strategy):
+@pytest.mark.parametrize("strategy,over,token", [(s, (), 12345) for s in STRATEGIES] + [
+    # 16 channels: 50257 = 196 x 256 + 81; token 50256 is in the last round, cut in slices
+    ("pim-gpt", ("organization.channels=16",), 50256)])
+def test_embedding_read_returns_the_tied_rows(strategy, over, token):
     """The token lookup of a tied embedding reads exactly the lm_head output's columns."""
-    m = mapped("gpt2-small", strategy, None, tuple(BIG) if strategy == "naive" else ())
+    m = mapped("gpt2-small", strategy, None, tuple(BIG) if strategy == "naive" else over)
     pl = m.placement
-    token = 12345
     prog = m.program(5, token=token)
     emb = next(o for o in trace("gpt2-small").decode.ops if o.op == "embedding" and o["role"] == "token")
     reads = [k for k in prog.kernels() if isinstance(k, AccessKernel) and k.op_index == emb.index]
@@ -503,6 +511,119 @@ def test_embedding_read_returns_the_tied_rows(strategy):
         want |= set(zip(c["ch"][s].tolist(), c["bank"][s].tolist(), c["row"][s].tolist(),
                         c["col"][s].tolist()))
     assert got == want and len(want) == -(-emb["dim"] // pl.geometry.values_per_column)
+    if over:   # 81 outputs need 6 channels per slice: 2 slices (of tiles 32 | 16), 2 channels
+        assert len({ch for ch, *_ in want}) == 2
+
+
+# --------------------------------------------------------------------------- last slot round
+
+
+def _last_slot_columns(part, q):
+    """{(input column, width)} of the pieces of slot q in a part's template."""
+    t = part.template
+    sel = t.slot == q
+    return set(zip(t.k0[sel].tolist(), t.n[sel].tolist()))
+
+
+#: GPT2-XL's 1600-output matrices: (channels, weight) -> (slot rounds q, tile widths, rows per
+#: channel with a whole last round, rows of the fullest channel with the round cut).
+#: Rows of a tile of width w holding k pieces: ceil(k w / 64).
+#: attn.c_proj, K = 1600 (100 columns: 64 + 32 + 4); mlp.c_proj, K = 6400 (6 x 64 + 16).
+#: 8 channels (U = 128): 1600 = 12 x 128 + 64; 64 outputs need 4 channels per slice: 2
+#: slices. attn: 13 + 7 + 1 = 21 -> {64} | {32, 4}: 13 + 6 + 1 = 20 (and 12 + 7 + 1).
+#: mlp: 13 x 6 + 4 = 82 -> {64 x 3, 16} | {64 x 3}: 12 x 6 + 3 + 4 = 79 (and 78).
+#: 16 channels (U = 256): 1600 = 6 x 256 + 64, 4 slices fit. attn: 7 + 4 + 1 = 12 ->
+#: {64} | {32, 4} (more slices cannot beat the 64-wide tile): 7 + 3 + 1 = 11.
+#: mlp: 7 x 6 + 2 = 44 -> {64, 64} x 2 | {64, 16} | {64}: 6 x 6 + 2 + 2 = 40.
+XL_LAST_ROUND = {
+    (8, "attn"): (12, [64, 32, 4], 21, 20), (8, "mlp"): (12, [64] * 6 + [16], 82, 79),
+    (16, "attn"): (6, [64, 32, 4], 12, 11), (16, "mlp"): (6, [64] * 6 + [16], 44, 40),
+}
+
+
+@pytest.mark.parametrize("channels", [8, 16])
+def test_last_round_cut_into_balanced_slices_gpt2_xl(channels):
+    """A partly filled last slot round is cut along the input into slices of whole tiles:
+    every bank of a channel holds the same slice, the slices' column counts differ by at
+    most one tile, every (output, input column) is stored once, the slices ride on the
+    main outputs' loads, and the fullest channel needs fewer rows than with whole outputs."""
+    from mappings.program import build_passes
+
+    m = mapped("gpt2-xl", "pim-gpt", None, (f"organization.channels={channels}",))
+    pl = m.placement
+    g = pl.geometry
+    U = g.channels * g.banks
+    for kind in ("attn", "mlp"):
+        q, widths, old_rows, new_rows = XL_LAST_ROUND[channels, kind]
+        (region,) = pl.by_weight[f"transformer.h.0.{kind}.c_proj.weight"]
+        n_out = region.meta["n_out"]
+        r = n_out - q * U
+        assert n_out == 1600 and 0 < r < U
+        rows = region.rows_per_channel(g.channels)
+        assert rows.max() == new_rows < old_rows, kind
+        # tiles of a whole output, as (input column, width)
+        starts = np.cumsum([0] + widths[:-1]).tolist()
+        tiles = set(zip(starts, widths))
+        held, extra_cols = {}, []
+        for part in region.parts:
+            so = part.slot_out
+            assert so.shape[1] in (q, q + 1)
+            for s in range(q):
+                assert _last_slot_columns(part, s) == tiles
+            if so.shape[1] == q:
+                continue
+            last = _last_slot_columns(part, q)
+            assert last < tiles                      # a proper subset of whole tiles
+            extra_cols.append(sum(w for _, w in last))
+            outs = so[:, q][so[:, q] >= 0]
+            assert (outs >= q * U).all() and np.unique(outs).size == outs.size
+            for o in outs.tolist():
+                held.setdefault(o, []).append(last)
+            # the slot's pieces meet the same global-buffer loads as the main outputs'
+            passes = build_passes(part.template, g.columns)
+            assert len(passes) == len(widths)
+            for p in passes:
+                assert 0 in p.seg["slot"]
+        assert max(extra_cols) - min(extra_cols) <= max(widths), kind
+        # every remaining output: its slices partition its tiles
+        assert sorted(held) == list(range(q * U, n_out))
+        for o, sl in held.items():
+            assert sum(len(a) for a in sl) == len(tiles) and set().union(*sl) == tiles, o
+        # column level: every (output, input column) once
+        c = pl.columns(region)
+        kc = sum(widths)
+        assert _is_permutation(c["out"] * kc + c["kcol"], n_out * kc)
+
+
+@pytest.mark.parametrize("over,per_output", [(("pim.result_registers=64",), None),
+                                             (AIM_LIKE, 3)])
+def test_sliced_outputs_add_their_partial_sums(over, per_output):
+    """Qwen2.5-0.5B on 16 channels (U = 256): q_proj has 896 = 3 x 256 + 128 outputs, K =
+    896 (56 columns: tiles 32 + 16 + 8); 128 outputs need 8 channels per slice, so 2
+    slices ({32} | {16, 8}). With registers each remaining output is read out once per
+    slice: 896 + 128 values; with one register every tile's segment: 896 x 3. The layer's
+    linears are exact from the command streams."""
+    over = ("organization.channels=16",) + over
+    tr = trace("qwen2.5-0.5b")
+    m = mapped("qwen2.5-0.5b", "pim-gpt", 64, over)
+    prog = m.program(9)
+    layer0 = {o.index: o for o in tr.decode.layer_ops(0)}
+    q_op = next(o for o in layer0.values() if o.op == "linear" and "q_proj" in o["weight"])
+    (region,) = m.placement.by_weight[q_op["weight"]]
+    assert [len(a) for a in region.meta["last_slices"]] == [1, 2]
+    ep = next(a for a in prog.items(mappings.AsicOp)
+              if a.kind == "vmm_epilogue" and a.op_index == q_op.index)
+    want = 896 * per_output if per_output else 896 + 128
+    assert ep.detail["partial_sums"] == want
+    assert ep.elements == want - 896 + 896 * bool(q_op["bias"])
+    f, rng, by_op = Functional(m, seed=31), np.random.default_rng(32), _by_op(prog)
+    sliced = 0
+    for op in layer0.values():
+        if op.op == "linear":
+            sliced += m.placement.by_weight[op["weight"]][0].meta["last_slices"] is not None
+            _check_linear(f, tr, m.placement, by_op, op, rng)
+    assert sliced == 5          # q, k, v (128 outputs: slices only), o, down projections
+    _check_attention(f, tr, m.placement, by_op, 9, rng)
 
 
 def _reference_commands(k: MacKernel):
