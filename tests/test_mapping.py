@@ -951,21 +951,27 @@ def test_buffer_reuse_writes_changed_slots_only_and_stays_exact(over):
     assert check(spec(*over).dram, *merge_log(st, res)) == []
 
 
-def test_functional_execution_catches_a_wrong_register_schedule(monkeypatch):
-    """The execution really models R registers: two pending segments sharing a register
-    (or a read-out before a segment ends) give wrong sums."""
-    m, region, k = _toy_linear(("pim.result_registers=3",))
+def _toy_functional(m, region, k, seed):
+    """(run, want): functional execution of the toy linear kernel on random weights and
+    input, and the exact product it must give."""
     v = m.placement.geometry.values_per_column
-    rng = np.random.default_rng(15)
+    rng = np.random.default_rng(seed)
     wt = rng.standard_normal((region.meta["n_out"], region.meta["in_len"])).astype(np.float32)
     x = rng.standard_normal(region.meta["in_len"]).astype(np.float32)
 
     def run():
-        f = Functional(m, seed=16)
+        f = Functional(m, seed=seed + 1)
         f.store_columns(region, column_table(region, wt, v))
         return linear_output(f, [k], x, region.meta["n_out"])
 
-    want = wt.astype(np.float64) @ x
+    return run, wt.astype(np.float64) @ x
+
+
+def test_functional_execution_catches_a_wrong_register_schedule(monkeypatch):
+    """The execution really models R registers: two pending segments sharing a register
+    (or a read-out before a segment ends) give wrong sums."""
+    m, region, k = _toy_linear(("pim.result_registers=3",))
+    run, want = _toy_functional(m, region, k, 15)
     np.testing.assert_allclose(run(), want, rtol=1e-4, atol=1e-4)
     real = MacKernel.mac_registers
     for wrong in (lambda regs: 0 * regs, lambda regs: (regs + 1) % 3):
@@ -992,17 +998,7 @@ def test_functional_execution_catches_a_wrong_accumulation(monkeypatch):
     # slot s of the toy owns register s in both loads
     slot_of_mac = np.concatenate([np.repeat(p.seg["slot"], p.seg["n"]) for p in k.passes])
     assert (k.mac_registers() == slot_of_mac).all()
-    v = m.placement.geometry.values_per_column
-    rng = np.random.default_rng(17)
-    wt = rng.standard_normal((region.meta["n_out"], region.meta["in_len"])).astype(np.float32)
-    x = rng.standard_normal(region.meta["in_len"]).astype(np.float32)
-
-    def run():
-        f = Functional(m, seed=18)
-        f.store_columns(region, column_table(region, wt, v))
-        return linear_output(f, [k], x, region.meta["n_out"])
-
-    want = wt.astype(np.float64) @ x
+    run, want = _toy_functional(m, region, k, 17)
     np.testing.assert_allclose(run(), want, rtol=1e-4, atol=1e-4)
     second = np.concatenate([np.full(int(p.seg["n"].sum()), i) for i, p in enumerate(k.passes)])
     real = MacKernel.mac_registers
