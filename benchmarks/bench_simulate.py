@@ -1,6 +1,7 @@
 """Wall time of simulating the paper's 8 models, and simulated tokens per wall second.
 
     python benchmarks/bench_simulate.py [--tokens 1024] [--prompt 0] [--models gpt2-small,...]
+    python benchmarks/bench_simulate.py --replay --tokens 16 --models gpt2-small
 
 Each model decodes --tokens tokens after a --prompt-token context on the pim-gpt preset,
 every DRAM command timed by the channel engines. Prints per model the wall time, wall time
@@ -23,8 +24,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--prompt", type=int, default=0)
     ap.add_argument("--models", default=",".join(PAPER_MODELS))
+    ap.add_argument("--replay", action="store_true",
+                    help="instead: wall time with and without kernel replay, refresh on and off")
     args = ap.parse_args()
     pimsim.simulate("gpt2-small", tokens=1)  # load the compiled kernels once
+    if args.replay:
+        replay_figures(args)
+        return
     total = 0.0
     for model in args.models.split(","):
         t = time.perf_counter()
@@ -36,6 +42,22 @@ def main() -> None:
               f"per simulated token ({args.tokens / dt:6.2f} tokens/s); simulated "
               f"{s['latency_per_token_s'] * 1e6:8.1f} us per token")
     print(f"all models: {total:.1f} s wall for {args.tokens} tokens each")
+
+
+def replay_figures(args) -> None:
+    """Wall time of the same run with and without exact kernel replay (same results)."""
+    for model in args.models.split(","):
+        for over in ([], ["refresh.policy=off"]):
+            wall = {}
+            for replay in (False, True):
+                t = time.perf_counter()
+                r = pimsim.simulate(model, prompt=args.prompt, tokens=args.tokens,
+                                    overrides=over, replay=replay)
+                wall[replay] = time.perf_counter() - t
+                lat = r.to_dict()["latency_per_token_s"]
+            print(f"{model:12s} {'refresh off' if over else 'refresh on ':11s} {args.tokens} tokens: "
+                  f"wall {wall[False]:7.2f} s issued, {wall[True]:7.2f} s with replay "
+                  f"({wall[False] / wall[True]:4.2f}x); simulated {lat * 1e6:8.1f} us per token")
 
 
 if __name__ == "__main__":

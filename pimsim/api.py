@@ -69,13 +69,15 @@ def load_model(model) -> object:
 
 def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), prompt: int = 32,
              tokens: int = 8, strategy: str = "pim-gpt", timeline: bool = False,
-             check: bool = False,
+             check: bool = False, replay: bool = True,
              progress: Callable[[int, int], None] | None = None) -> SimulationResult:
     """Decode ``tokens`` tokens after a ``prompt``-token context (KV lengths prompt+1 ..
     prompt+tokens), every DRAM command timed by the channel engines.
 
     Prefill is not simulated: the prompt only sets where decoding starts. With ``check``
-    every issued command is protocol-checked and violations raise an error.
+    every issued command is protocol-checked and violations raise an error. ``replay``
+    reuses the stored run of a kernel issued before from the same relative channel state
+    when no refresh falls due during it (exact; ``False`` issues every kernel).
     """
     import mappings
     from pimsim import __version__
@@ -94,7 +96,7 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
         raise PimsimError(f"{trace.model}: a {prompt}-token context plus {tokens} tokens needs "
                           f"{prompt + tokens} positions; the model has {limit}")
     mapping = mappings.map(trace, spec, strategy, max_context=prompt + tokens)
-    sim = SystemSimulator(spec, keep_timeline=timeline, keep_logs=check)
+    sim = SystemSimulator(spec, keep_timeline=timeline, keep_logs=check, memo=replay)
     d = spec.dram
     t = d.timing
     result = SimulationResult(meta={

@@ -38,6 +38,8 @@ from pimsim.standard import CMD_ID, COMMANDS
 KERNEL, ASIC, TRANSFER = "kernel", "asic", "transfer"
 #: bounds of the kernel-run store: distinct command streams, entry states per stream
 _MEMO_STREAMS, _MEMO_STATES = 8192, 64
+#: a stream none of whose first runs could be stored is not keyed any more
+_MEMO_GIVE_UP = 4
 
 #: what a channel cycle after each command is spent on
 COMMAND_CLASS = {"ACT": "activate", "ACT16": "activate", "MAC16": "mac", "RD": "read_write",
@@ -120,6 +122,8 @@ class SystemSimulator:
         self.memo_hits = 0
         self._memo: dict = {}
         self._refresh_on = bool(self.channels[0].ct.refresh) if self.channels else False
+        ct = self.channels[0].ct
+        self._in_window = (ct.win_from.any(axis=0) | ct.win_to.any(axis=0)).astype(bool)
 
     # ------------------------------------------------------------------ processes
     def _kernel(self, item, stats: StepStats):
@@ -166,17 +170,20 @@ class SystemSimulator:
         if self.memo:
             slot = self._memo.get(id(stream.cmd))
             if slot is None or slot[0] is not stream.cmd:
+                if len(self._memo) >= _MEMO_STREAMS:
+                    self._memo.clear()
+                # [stream, stored runs, runs without a stored one, still worth trying]
+                slot = self._memo[id(stream.cmd)] = [stream.cmd, {}, 0, self._memo_able(stream)]
+            if not slot[3]:
                 slot = None
-                if self._memo_able(stream):
-                    if len(self._memo) >= _MEMO_STREAMS:
-                        self._memo.clear()
-                    slot = self._memo[id(stream.cmd)] = (stream.cmd, True, {})
         if slot is not None:
             rel = nx - base
             np.maximum(rel, 0, out=rel)
             key = (rel.tobytes(), open_row.tobytes(), reopen.tobytes(), int(sc[3]))
-            entry = slot[2].get(key)
-            if entry is not None and (not self._refresh_on or int(sc[1]) - base > entry.last_rel):
+            entry = slot[1].get(key)
+            if entry is None:
+                slot[2] += 1
+            elif not self._refresh_on or int(sc[1]) - base > entry.last_rel:
                 self.memo_hits += 1
                 touched = entry.end_nx >= 0
                 nx[touched] = entry.end_nx[touched] + base
@@ -199,18 +206,18 @@ class SystemSimulator:
                                                            or int(sc[1]) > int(sc[0])):
             end_nx = nx - base
             end_nx[nx < base] = -1
-            if len(slot[2]) >= _MEMO_STATES:
-                slot[2].clear()
-            slot[2][key] = _Stored(res.cycles - base, int(sc[0]) - base, end_nx, open_row.copy(),
+            if len(slot[1]) >= _MEMO_STATES:
+                slot[1].clear()
+            slot[1][key] = _Stored(res.cycles - base, int(sc[0]) - base, end_nx, open_row.copy(),
                                    reopen.copy(), int(sc[3]), run)
+        if slot is not None and not slot[1] and slot[2] >= _MEMO_GIVE_UP:
+            slot[3] = False   # its runs keep meeting refresh: stop keying them
         return run
 
     def _memo_able(self, stream) -> bool:
         """Stored runs keep no four-activate-window history: only streams with no command
         in a window rule are replayed."""
-        ct = self.channels[0].ct
-        in_window = (ct.win_from.any(axis=0) | ct.win_to.any(axis=0)).astype(bool)
-        return not in_window[stream.cmd].any()
+        return not self._in_window[stream.cmd].any()
 
     def _asic(self, item, stats: StepStats):
         cost = op_cost(self.spec.asic, item.kind, item.elements, getattr(item, "detail", None))
