@@ -40,29 +40,26 @@ class Functional:
         return self.mem[key], part.base_row
 
     # -- storing ----------------------------------------------------------------------------
+    def _per_channel(self, region: Region, where: dict, keep):
+        """(memory, base row, addresses) per channel of the addresses ``keep`` selects."""
+        if keep is not None:
+            sel = keep(where)
+            where = {k: v[sel] for k, v in where.items()}
+        for c in np.unique(where["ch"]).tolist():
+            s = where["ch"] == c
+            arr, base = self._arr(region, c)
+            yield arr, base, {k: v[s] for k, v in where.items()}
+
     def store(self, region: Region, flat: np.ndarray, keep=None) -> None:
         """Store ``flat`` (the tensor in the element index space of ``Placement.elements``)."""
-        e = self.pl.elements(region)
-        if keep is not None:
-            sel = keep(e)
-            e = {k: v[sel] for k, v in e.items()}
-        for c in np.unique(e["ch"]).tolist():
-            s = e["ch"] == c
-            arr, base = self._arr(region, c)
-            arr[e["bank"][s], e["row"][s] - base, e["col"][s], e["lane"][s]] = flat[e["index"][s]]
+        for arr, base, e in self._per_channel(region, self.pl.elements(region), keep):
+            arr[e["bank"], e["row"] - base, e["col"], e["lane"]] = flat[e["index"]]
 
     def store_columns(self, region: Region, table: np.ndarray, keep=None) -> None:
         """Store whole columns: ``table[out, sub, kcol]`` is the (values,) block of input
         columns ``kcol`` of output ``out`` (sub-output ``sub``), zero-padded."""
-        c = self.pl.columns(region)
-        if keep is not None:
-            sel = keep(c)
-            c = {k: v[sel] for k, v in c.items()}
-        for ch in np.unique(c["ch"]).tolist():
-            s = c["ch"] == ch
-            arr, base = self._arr(region, ch)
-            arr[c["bank"][s], c["row"][s] - base, c["col"][s], :] = \
-                table[c["out"][s], c["sub"][s], c["kcol"][s]]
+        for arr, base, c in self._per_channel(region, self.pl.columns(region), keep):
+            arr[c["bank"], c["row"] - base, c["col"], :] = table[c["out"], c["sub"], c["kcol"]]
 
     def write(self, k: AccessKernel, data) -> None:
         """Execute a write kernel; ``data(out, sub, kcol, lane)`` gives the values written:

@@ -121,8 +121,8 @@ class SystemSimulator:
         self.memo = memo
         self.memo_hits = 0
         self._memo: dict = {}
-        self._refresh_on = bool(self.channels[0].ct.refresh) if self.channels else False
         ct = self.channels[0].ct
+        self._refresh_on = bool(ct.refresh)
         self._in_window = (ct.win_from.any(axis=0) | ct.win_to.any(axis=0)).astype(bool)
 
     # ------------------------------------------------------------------ processes
@@ -169,20 +169,19 @@ class SystemSimulator:
         key = entry = slot = None
         if self.memo:
             slot = self._memo.get(id(stream.cmd))
-            if slot is None or slot[0] is not stream.cmd:
+            if slot is None or slot.cmd is not stream.cmd:
                 if len(self._memo) >= _MEMO_STREAMS:
                     self._memo.clear()
-                # [stream, stored runs, runs without a stored one, still worth trying]
-                slot = self._memo[id(stream.cmd)] = [stream.cmd, {}, 0, self._memo_able(stream)]
-            if not slot[3]:
+                slot = self._memo[id(stream.cmd)] = _Slot(stream.cmd, self._memo_able(stream))
+            if not slot.active:
                 slot = None
         if slot is not None:
             rel = nx - base
             np.maximum(rel, 0, out=rel)
             key = (rel.tobytes(), open_row.tobytes(), reopen.tobytes(), int(sc[3]))
-            entry = slot[1].get(key)
+            entry = slot.runs.get(key)
             if entry is None:
-                slot[2] += 1
+                slot.misses += 1
             elif not self._refresh_on or int(sc[1]) - base > entry.last_rel:
                 self.memo_hits += 1
                 touched = entry.end_nx >= 0
@@ -199,19 +198,18 @@ class SystemSimulator:
         classes, tail = _account(res.cycles, stream.cmd, ins["cycle"], ins["cmd"],
                                  self._tail_of)
         run = _KernelRun({k: v for k, v in res.counts.items() if v},
-                         dict(zip(_CLASSES, classes.tolist())), int(res.refresh_stall_cycles),
-                         tail, res)
-        run.classes = {k: v for k, v in run.classes.items() if v}
+                         {k: v for k, v in zip(_CLASSES, classes.tolist()) if v},
+                         int(res.refresh_stall_cycles), tail, res)
         if key is not None and ins["cycle"].size == 0 and (not self._refresh_on
                                                            or int(sc[1]) > int(sc[0])):
             end_nx = nx - base
             end_nx[nx < base] = -1
-            if len(slot[1]) >= _MEMO_STATES:
-                slot[1].clear()
-            slot[1][key] = _Stored(res.cycles - base, int(sc[0]) - base, end_nx, open_row.copy(),
+            if len(slot.runs) >= _MEMO_STATES:
+                slot.runs.clear()
+            slot.runs[key] = _Stored(res.cycles - base, int(sc[0]) - base, end_nx, open_row.copy(),
                                    reopen.copy(), int(sc[3]), run)
-        if slot is not None and not slot[1] and slot[2] >= _MEMO_GIVE_UP:
-            slot[3] = False   # its runs keep meeting refresh: stop keying them
+        if slot is not None and not slot.runs and slot.misses >= _MEMO_GIVE_UP:
+            slot.active = False   # its runs keep meeting refresh: stop keying them
         return run
 
     def _memo_able(self, stream) -> bool:
@@ -340,6 +338,16 @@ class _KernelRun:
         if self.result is not None:
             return merge_log(stream, self.result)
         return self.cycles, stream
+
+
+@dataclass
+class _Slot:
+    """The stored runs of one command stream (kept alive by ``cmd``, its identity)."""
+
+    cmd: np.ndarray
+    active: bool              # worth keying: no window commands, not given up
+    runs: dict = field(default_factory=dict)   # relative entry state -> _Stored
+    misses: int = 0
 
 
 @dataclass
