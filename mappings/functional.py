@@ -1,7 +1,7 @@
 """Functional proof of a mapping: run a program's data movement on numpy arrays (fp32).
 
 Bank contents live in one array per (region, channel) of shape (banks, rows, columns,
-values per column), filled with finite garbage first so that any read of a place the
+values per column), filled with finite BF16 garbage first so that any read of a place the
 mapping did not write shows up. Weights are stored through :meth:`Placement.elements`;
 K/V positions either the same way or through the program's own write kernels. MAC kernels
 are executed from their expanded command stream: TMOD toggles the mode (WRGB and RDMAC16
@@ -36,7 +36,9 @@ class Functional:
         key = (id(region), channel)
         if key not in self.mem:
             shape = (self.g.banks, part.template.n_rows, self.g.columns, self.g.values_per_column)
-            self.mem[key] = self.rng.uniform(-100, 100, shape).astype(np.float32)
+            garbage = self.rng.uniform(-100, 100, shape).astype(np.float32)
+            garbage.view(np.uint32)[...] &= np.uint32(0xFFFF0000)      # BF16 values
+            self.mem[key] = garbage
         return self.mem[key], part.base_row
 
     # -- storing ----------------------------------------------------------------------------

@@ -346,17 +346,22 @@ def fp32_exp(x, degree: int = EXP_DEGREE_DEFAULT) -> np.ndarray:
     its exponent field, infinity above the range, +0 below it (flush). |t| >= 256 (also
     x = +-inf) short-cuts to +inf or +0 by the sign of x; NaN gives the canonical NaN.
     """
+    return _exp(x, degree, fp32_add, fp32_mul)
+
+
+def _exp(x, degree, add, mul) -> np.ndarray:
+    """fp32_exp with the FP32 primitives ``add`` and ``mul`` (see the public function)."""
     coeffs = exp_taylor_coeffs(degree)
     x, sx, ex, mx = _fields(x)
-    t = fp32_mul(x, _LOG2E)
-    km = fp32_add(t, _ROUND_MAGIC)
+    t = mul(x, _LOG2E)
+    km = add(t, _ROUND_MAGIC)
     k = km.astype(np.int64) - _ROUND_MAGIC
-    kf = fp32_add(km, _NEG_ROUND_MAGIC)
-    r = fp32_add(x, fp32_mul(kf, _NEG_LN2_HI))
-    r = fp32_add(r, fp32_mul(kf, _NEG_LN2_LO))
+    kf = add(km, _NEG_ROUND_MAGIC)
+    r = add(x, mul(kf, _NEG_LN2_HI))
+    r = add(r, mul(kf, _NEG_LN2_LO))
     p = np.broadcast_to(np.uint32(coeffs[degree]), r.shape)
     for i in range(degree - 1, -1, -1):
-        p = fp32_add(fp32_mul(p, r), coeffs[i])
+        p = add(mul(p, r), coeffs[i])
     res = _scale_exponent(p, k, 0)
     big = _exp_field(t) >= 127 + 8
     res = np.where(big, np.where(sx == 1, 0, POS_INF32), res)
@@ -373,13 +378,18 @@ def fp32_recip(a, iters: int = RECIP_ITERS_DEFAULT) -> np.ndarray:
     by 2**-(E-126) with a's sign, infinity/zero outside the range. +-0 (and subnormals)
     give +-inf, +-inf gives +-0, NaN gives the canonical NaN.
     """
+    return _recip(a, iters, fp32_add, fp32_mul)
+
+
+def _recip(a, iters, add, mul) -> np.ndarray:
+    """fp32_recip with the FP32 primitives ``add`` and ``mul`` (see the public function)."""
     if iters < 0:
         raise ValueError(f"reciprocal iterations must be >= 0, got {iters}")
     a, sa, ea, ma = _fields(a)
     m = _HALF | ma
-    y = fp32_add(_RECIP_C0, fp32_mul(m, _RECIP_NEG_C1))
+    y = add(_RECIP_C0, mul(m, _RECIP_NEG_C1))
     for _ in range(iters):
-        y = fp32_mul(y, fp32_add(_TWO, _neg(fp32_mul(m, y))))
+        y = mul(y, add(_TWO, _neg(mul(m, y))))
     res = _scale_exponent(y, 126 - ea, sa)
     res = np.where(ea == 0, (sa << 31) | POS_INF32, res)
     res = np.where((ea == 0xFF) & (ma == 0), sa << 31, res)
@@ -395,13 +405,18 @@ def fp32_rsqrt(a, iters: int = RSQRT_ITERS_DEFAULT) -> np.ndarray:
     +-0 (and subnormals) give +-inf, +inf gives +0, a negative non-zero a (also -inf) and
     NaN give the canonical NaN.
     """
+    return _rsqrt(a, iters, fp32_add, fp32_mul)
+
+
+def _rsqrt(a, iters, add, mul) -> np.ndarray:
+    """fp32_rsqrt with the FP32 primitives ``add`` and ``mul`` (see the public function)."""
     if iters < 0:
         raise ValueError(f"rsqrt iterations must be >= 0, got {iters}")
     a, sa, ea, ma = _fields(a)
     y = (RSQRT_MAGIC - (a >> 1)) & 0xFFFFFFFF
     for _ in range(iters):
-        t = fp32_mul(fp32_mul(fp32_mul(a, y), y), _HALF)
-        y = fp32_mul(y, fp32_add(_THREEHALFS, _neg(t)))
+        t = mul(mul(mul(a, y), y), _HALF)
+        y = mul(y, add(_THREEHALFS, _neg(t)))
     res = np.asarray(y).astype(np.int64)
     res = np.where((ea == 0xFF) & (sa == 0), 0, res)
     res = np.where(sa == 1, QNAN32, res)
@@ -422,12 +437,17 @@ def fp32_gelu(
     g = x * fp32_recip(d, recip_iters). x = -inf gives -0 (the limit; the formula would
     give -inf * 0); NaN gives the canonical NaN.
     """
+    return _gelu(x, exp_degree, recip_iters, fp32_add, fp32_mul)
+
+
+def _gelu(x, exp_degree, recip_iters, add, mul) -> np.ndarray:
+    """fp32_gelu with the FP32 primitives ``add`` and ``mul`` (see the public function)."""
     x, sx, ex, mx = _fields(x)
-    x2 = fp32_mul(x, x)
-    v = fp32_mul(x, fp32_add(fp32_mul(x2, _GELU_C2), _GELU_C1))
-    e = fp32_exp(_neg(v), exp_degree)
-    r = fp32_recip(fp32_add(_ONE, e), recip_iters)
-    g = fp32_mul(x, r).astype(np.int64)
+    x2 = mul(x, x)
+    v = mul(x, add(mul(x2, _GELU_C2), _GELU_C1))
+    e = _exp(_neg(v), exp_degree, add, mul)
+    r = _recip(add(_ONE, e), recip_iters, add, mul)
+    g = mul(x, r).astype(np.int64)
     g = np.where((ex == 0xFF) & (mx == 0) & (sx == 1), _SIGN, g)
     g = np.where((ex == 0xFF) & (mx != 0), QNAN32, g)
     return g.astype(np.uint32)

@@ -15,7 +15,8 @@ from pimsim import __version__
 from pimsim.errors import PimsimError
 
 #: Subcommand modules, in the order ``pimsim --help`` lists them.
-SUBCOMMANDS = ["simulate", "sweep", "validate", "replay", "check", "presets", "trace", "map"]
+SUBCOMMANDS = ["simulate", "functional", "sweep", "validate", "replay", "check", "presets", "trace",
+               "map"]
 
 
 class _Parser(argparse.ArgumentParser):

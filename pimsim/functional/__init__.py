@@ -1,0 +1,161 @@
+"""Functional simulation: real numbers through the mapped program, compared with PyTorch.
+
+>>> from pimsim.functional import APPROXIMATIONS, run       # doctest: +SKIP
+>>> res = run("gpt2-small", steps=4, prompt=4, exact=APPROXIMATIONS)
+>>> res.summary("hardware")["max_rel"], res.summary("fp32")["top1"]
+(0.0, 1.0)
+
+A registry model is initialised by its own transformers code (random weights, seeded),
+its parameters are rounded to BF16 and placed in bank arrays, and its decode steps run
+through :class:`pimsim.functional.model.FunctionalModel`: the program's MAC kernels with
+the bank MAC arithmetic, K/V appends through the program's write kernels, the ASIC's
+operators with its approximations. The tokens are the functional run's own greedy choices
+(the prompt: seeded random tokens); the PyTorch references are fed the same tokens
+(:mod:`pimsim.functional.reference`, which needs torch and transformers). Library code
+returns data; the CLI (``pimsim functional``) prints and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from pimsim.errors import PimsimError
+from pimsim.functional.asic import APPROXIMATIONS
+from pimsim.functional.model import FunctionalError, FunctionalModel
+
+#: Per-step metrics, in the order reports show them.
+METRICS = ("max_abs", "mean_abs", "max_rel", "mean_rel", "top1", "kl")
+
+#: References the functional logits are compared with: the PyTorch model with the
+#: hardware's arithmetic in its order (:mod:`pimsim.functional.emulation`), then the
+#: Hugging Face model with BF16 operands, with BF16 weights only, and in FP32
+#: (:mod:`pimsim.functional.reference`).
+REFERENCES = ("hardware", "bf16-operands", "bf16-weights", "fp32")
+
+
+def step_metrics(got: np.ndarray, ref: np.ndarray) -> dict:
+    """Logit error of one step. ``max_rel`` = max|got - ref| / max|ref| and ``mean_rel`` =
+    mean|got - ref| / mean|ref| (norm-wise: single logits near zero have no meaningful
+    relative error); ``top1``: the argmaxes agree; ``kl``: KL(softmax(ref) || softmax(got))
+    in nats, in float64."""
+    g, r = got.astype(np.float64), ref.astype(np.float64)
+    d = np.abs(g - r)
+    lp = r - r.max() - np.log(np.exp(r - r.max()).sum())
+    lq = g - g.max() - np.log(np.exp(g - g.max()).sum())
+    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()),
+            "max_rel": float(d.max() / np.abs(r).max()), "mean_rel": float(d.mean() / np.abs(r).mean()),
+            "top1": bool(np.argmax(g) == np.argmax(r)),
+            "kl": float(max((np.exp(lp) * (lp - lq)).sum(), 0.0))}
+
+
+@dataclass
+class FunctionalResult:
+    """Logits of the functional run and of each PyTorch reference at every decode step."""
+
+    meta: dict
+    tokens: list[int]                       # every token fed, prompt first
+    logits: np.ndarray                      # (steps, vocab) float32, functional
+    references: dict[str, np.ndarray] = field(default_factory=dict)   # mode -> (steps, vocab)
+
+    def metrics(self, mode: str) -> list[dict]:
+        ref = self.references[mode]
+        return [step_metrics(self.logits[i], ref[i]) for i in range(self.logits.shape[0])]
+
+    def summary(self, mode: str) -> dict:
+        """Worst case over the steps (``top1``: the fraction of steps that agree)."""
+        m = self.metrics(mode)
+        out = {k: max(s[k] for s in m) for k in METRICS if k != "top1"}
+        out["top1"] = sum(s["top1"] for s in m) / len(m)
+        return out
+
+    def to_dict(self) -> dict:
+        per = {mode: self.metrics(mode) for mode in self.references}
+        return {**self.meta, "tokens": self.tokens,
+                "steps": [{"step": i, "position": self.meta["prompt_tokens"] + i,
+                           "token": self.tokens[self.meta["prompt_tokens"] + i],
+                           **{mode: per[mode][i] for mode in self.references}}
+                          for i in range(self.logits.shape[0])],
+                "summary": {mode: self.summary(mode) for mode in self.references}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+
+def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
+        overrides: Iterable[str] = (), exact: Iterable[str] = (), strategy: str = "pim-gpt",
+        seed: int = 0, references: Iterable[str] | None = None,
+        progress: Callable[[int, int], None] | None = None) -> FunctionalResult:
+    """Run ``prompt`` seeded random tokens, then ``steps`` greedy decode steps of registry
+    model ``model`` functionally, and the PyTorch references on the same tokens.
+
+    ``exact``: ASIC approximations replaced by exact functions (``APPROXIMATIONS`` for
+    all: what ``--exact-nonlinear`` does). ``references``: which of :data:`REFERENCES` to
+    compare with (default all)."""
+    import workloads
+    from pimsim import __version__
+    from pimsim.api import trace_hash
+    from pimsim.config import load_preset
+    from pimsim.functional import reference as R
+
+    if not isinstance(steps, int) or steps < 1:
+        raise PimsimError(f"steps must be a positive number of decode steps, got {steps!r}")
+    if not isinstance(prompt, int) or prompt < 0:
+        raise PimsimError(f"prompt must be a non-negative number of tokens, got {prompt!r}")
+    refs = list(REFERENCES if references is None else references)
+    bad = [m for m in refs if m not in REFERENCES]
+    if bad:
+        raise PimsimError(f"unknown reference(s) {', '.join(map(str, bad))} "
+                          f"(known: {', '.join(REFERENCES)})")
+    exact = sorted(set(exact))
+    if set(exact) - set(APPROXIMATIONS):
+        raise PimsimError(f"unknown approximation(s) {sorted(set(exact) - set(APPROXIMATIONS))} "
+                          f"(known: {', '.join(APPROXIMATIONS)})")
+    if model not in workloads.model_names():
+        raise PimsimError(f"functional mode needs a registry model (its weights come from its "
+                          f"model code), got {model!r}; known: {', '.join(workloads.model_names())}")
+    trace = workloads.load_bundled(model)
+    spec = load_preset(preset, list(overrides))
+    first = prompt                  # position of the first decode step
+    positions = first + steps
+    net = R.load_model(model, seed)
+    vocab = int(trace.config.get("vocab_size"))
+    fm = FunctionalModel(trace, spec, R.bf16_weights(net), rope=R.rope_tables(net, positions),
+                         exact=exact, strategy=strategy, max_context=positions, seed=seed)
+    rng = np.random.default_rng(seed)
+    bos = trace.config.get("bos_token_id")
+    tokens = [int(t) for t in rng.integers(0, vocab, prompt)] if prompt else \
+        [int(bos) if isinstance(bos, int) else 0]
+    logits, out = [], None
+    for pos in range(positions):
+        if pos >= len(tokens):
+            tokens.append(int(np.argmax(out)))
+        out = fm.step(tokens[pos])
+        if pos >= first:
+            logits.append(out)
+        if progress:
+            progress(pos + 1, positions + len(refs))
+    result = FunctionalResult(meta={
+        "pimsim_version": __version__, "model": trace.model, "trace_hash": trace_hash(trace),
+        "spec_digest": spec.digest, "preset": spec.name, "strategy": strategy, "seed": seed,
+        "prompt_tokens": prompt, "decode_steps": steps, "exact_functions": exact,
+        "approximations": [a for a in APPROXIMATIONS if a not in exact],
+        "golden_fallbacks": fm.fallbacks}, tokens=tokens, logits=np.stack(logits))
+    for mode in refs:
+        if mode == "hardware":
+            from pimsim.functional.emulation import hardware_logits
+
+            full = hardware_logits(net, tokens, trace, fm.mapping, exact)
+        else:
+            full = R.reference_logits(net, tokens, mode)
+        result.references[mode] = full[first:]
+        if progress:
+            progress(positions + len(result.references), positions + len(refs))
+    return result
+
+
+__all__ = ["APPROXIMATIONS", "FunctionalError", "FunctionalModel", "FunctionalResult", "METRICS",
+           "REFERENCES", "run", "step_metrics"]
