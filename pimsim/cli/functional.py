@@ -92,6 +92,7 @@ def render(result) -> dict[str, bytes]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     d = result.to_dict()
     files = {"functional.json": result.to_json().encode()}
@@ -108,6 +109,7 @@ def render(result) -> dict[str, bytes]:
     for m in modes:
         ys = [max(st[m]["max_rel"], 1e-12) for st in d["steps"]]
         ax.semilogy([st["step"] for st in d["steps"]], ys, marker=".", label=m)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("decode step")
     ax.set_ylabel("max |error| / max |logit|")
     ax.set_title(f"{d['model']}: functional logits vs references (1e-12 = identical)", fontsize=9)

@@ -25,7 +25,7 @@ import numpy as np
 
 from pimsim.errors import PimsimError
 from pimsim.functional.asic import APPROXIMATIONS
-from pimsim.functional.model import FunctionalError, FunctionalModel
+from pimsim.functional.model import FunctionalError, FunctionalModel, check_supported
 
 #: Per-step metrics, in the order reports show them.
 METRICS = ("max_abs", "mean_abs", "max_rel", "mean_rel", "top1", "kl")
@@ -87,14 +87,16 @@ class FunctionalResult:
 
 def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
         overrides: Iterable[str] = (), exact: Iterable[str] = (), strategy: str = "pim-gpt",
-        seed: int = 0, references: Iterable[str] | None = None,
+        seed: int = 0, references: Iterable[str] | None = None, tokens: list[int] | None = None,
         progress: Callable[[int, int], None] | None = None) -> FunctionalResult:
     """Run ``prompt`` seeded random tokens, then ``steps`` greedy decode steps of registry
     model ``model`` functionally, and the PyTorch references on the same tokens.
 
     ``exact``: ASIC approximations replaced by exact functions (``APPROXIMATIONS`` for
     all: what ``--exact-nonlinear`` does). ``references``: which of :data:`REFERENCES` to
-    compare with (default all)."""
+    compare with (default all). ``tokens``: feed exactly these ``prompt + steps`` tokens
+    (teacher forcing, e.g. to compare runs on one sequence) instead of the seeded prompt
+    and the run's own greedy choices."""
     import workloads
     from pimsim import __version__
     from pimsim.api import trace_hash
@@ -118,17 +120,32 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
         raise PimsimError(f"functional mode needs a registry model (its weights come from its "
                           f"model code), got {model!r}; known: {', '.join(workloads.model_names())}")
     trace = workloads.load_bundled(model)
+    check_supported(trace)
     spec = load_preset(preset, list(overrides))
     first = prompt                  # position of the first decode step
     positions = first + steps
-    net = R.load_model(model, seed)
     vocab = int(trace.config.get("vocab_size"))
+    import mappings
+
+    limit = mappings.model_context(trace)
+    if limit is not None and positions > limit:
+        raise PimsimError(f"{trace.model}: {prompt} prompt tokens plus {steps} steps need "
+                          f"{positions} positions; the model has {limit}")
+    if tokens is not None:
+        tokens = list(tokens)
+        if len(tokens) != positions or any(not isinstance(t, (int, np.integer)) or
+                                           not 0 <= t < vocab for t in tokens):
+            raise PimsimError(f"tokens: expected {positions} token ids in 0..{vocab - 1} "
+                              f"(prompt + steps), got {tokens!r:.80}")
+        tokens = [int(t) for t in tokens]
+    else:
+        rng = np.random.default_rng(seed)
+        bos = trace.config.get("bos_token_id")
+        tokens = [int(t) for t in rng.integers(0, vocab, prompt)] if prompt else \
+            [int(bos) if isinstance(bos, int) else 0]
+    net = R.load_model(model, seed)
     fm = FunctionalModel(trace, spec, R.bf16_weights(net), rope=R.rope_tables(net, positions),
                          exact=exact, strategy=strategy, max_context=positions, seed=seed)
-    rng = np.random.default_rng(seed)
-    bos = trace.config.get("bos_token_id")
-    tokens = [int(t) for t in rng.integers(0, vocab, prompt)] if prompt else \
-        [int(bos) if isinstance(bos, int) else 0]
     logits, out = [], None
     for pos in range(positions):
         if pos >= len(tokens):

@@ -62,13 +62,14 @@ def _tree16(p):
 
 
 def _partials(w_chunks, x_chunks, valid):
-    """Sequential FP32 accumulation of tree16(w * x) over axis 1 where ``valid``."""
+    """Sequential FP32 accumulation of tree16(w * x) over axis 1 where ``valid``
+    (``valid=None``: every chunk)."""
     import torch
 
     t = _tree16(w_chunks * x_chunks)                       # (P, L)
     acc = torch.zeros(t.shape[0], dtype=torch.float32)
     for s in range(t.shape[1]):
-        acc = torch.where(valid[:, s], acc + t[:, s], acc)
+        acc = acc + t[:, s] if valid is None else torch.where(valid[:, s], acc + t[:, s], acc)
     return acc
 
 
@@ -166,7 +167,7 @@ class _Hardware:
         import torch
 
         a = op.attrs
-        xb = A_round(x.reshape(-1))
+        xb = _bf16(x.reshape(-1))
         if op.index not in self._linear_rows:          # weights are fixed: gather once
             w = weight if a["weight_layout"] == "out_in" else weight.t()      # (out, in)
             rows = []
@@ -181,8 +182,12 @@ class _Hardware:
                                 m["in_offset"]:m["in_offset"] + m["in_len"]], self.v, length)
                 out, _, _, _, col, valid = r.arrays()
                 col_t = torch.from_numpy(col)
-                rows.append((m, length, wm[torch.from_numpy(out)[:, None], col_t], col_t,
-                             torch.from_numpy(valid), out + m["out_offset"]))
+                wc = wm[torch.from_numpy(out)[:, None], col_t]
+                if valid.all() and (col == col[:1]).all():      # one chunk order for all rows
+                    col_t, valid = col_t[:1], None
+                rows.append((m, length, wc, col_t,
+                             None if valid is None else torch.from_numpy(valid),
+                             out + m["out_offset"]))
             self._linear_rows[op.index] = rows
         idx, vals = [], []
         for m, length, wc, col, valid, out in self._linear_rows[op.index]:
@@ -209,8 +214,8 @@ class _Hardware:
                              f"{self.kv_len} positions, got {tuple(query.shape)} over {n}")
         group = att.q_heads // att.kv_heads
         v = self.v
-        q = _chunked(A_round(query[0, :, 0]), v, -(-att.head_dim // v) * v)      # (qh, c, v)
-        k = _chunked(A_round(key[0]), v, -(-att.head_dim // v) * v)              # (kvh, n, c, v)
+        q = _chunked(_bf16(query[0, :, 0]), v, -(-att.head_dim // v) * v)      # (qh, c, v)
+        k = _chunked(_bf16(key[0]), v, -(-att.head_dim // v) * v)              # (kvh, n, c, v)
         rows = _Rows()
         for kern in self.kernels(score_op.index):
             rows.add(kern, keep=lambda o: o < n)
@@ -223,8 +228,8 @@ class _Hardware:
         s = s * torch.tensor(score_op.attrs["scale"], dtype=torch.float32)
         p = A.values(self.asic.softmax(A.bits(s.numpy())))
         length = -(-att.reserve // v) * v
-        pc = _chunked(A_round(torch.from_numpy(p)), v, length)                   # (qh, c, v)
-        vv = _chunked(A_round(value[0].transpose(1, 2)), v, length)            # (kvh, hd, c, v)
+        pc = _chunked(_bf16(torch.from_numpy(p)), v, length)                   # (qh, c, v)
+        vv = _chunked(_bf16(value[0].transpose(1, 2)), v, length)            # (kvh, hd, c, v)
         rows = _Rows()
         for kern in self.kernels(ctx_op.index):
             rows.add(kern)
@@ -253,7 +258,7 @@ class _Hardware:
         return torch.from_numpy(A.values(y).copy()).reshape(x.shape)
 
 
-def A_round(t):
+def _bf16(t):
     """``t`` rounded to BF16 values, float32."""
     import torch
 

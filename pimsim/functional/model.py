@@ -23,6 +23,21 @@ class FunctionalError(PimsimError):
     """The model cannot run in functional mode (an operator or shape it does not support)."""
 
 
+def check_supported(trace, rope: bool = True) -> None:
+    """Raise :class:`FunctionalError` for an operator functional mode has no model of
+    (``rope``: whether rotary tables will be given)."""
+    for op in trace.decode.ops:
+        a = op.attrs
+        if op.op == "elementwise" and a.get("scalar"):
+            raise FunctionalError(f"{trace.model}: op {op.index} ({op.module}): scalar "
+                                  f"elementwise operators are not supported in functional mode")
+        if op.op == "rotary" and (not rope or a["rotary_dim"] != a["head_dim"]):
+            raise FunctionalError(f"{trace.model}: op {op.index} ({op.module}): rotary "
+                                  f"embedding needs full-width (cos, sin) tables")
+        if op.op == "activation" and a["kind"] not in ("gelu_tanh", "silu", "relu"):
+            raise FunctionalError(f"{trace.model}: activation {a['kind']!r} is not supported")
+
+
 def _bf16_values(x: np.ndarray) -> np.ndarray:
     return A.values(A.to_bf16(A.bits(x)))
 
@@ -41,39 +56,35 @@ class FunctionalModel:
         from mappings.functional import Functional, column_table
 
         self.trace = trace
-        self.mapping = mappings.map(trace, spec, strategy, max_context=max_context)
-        self.f = Functional(self.mapping, seed=seed)
-        self.asic = A.Asic(exact)
         self.rope = rope
-        self.rng = np.random.default_rng(seed + 1)
-        self.position = 0
-        self.fallbacks = 0          # kernel runs the golden functions computed
-        g = self.mapping.placement.geometry
-        garbage = self.rng.uniform(-100, 100, (g.channels, g.gb_slots, g.values_per_column))
-        self.gb = _bf16_values(garbage)                 # each channel's global buffer
+        self._check_ops()
         missing = sorted(set(trace.weights) - set(weights))
         if missing:
             raise FunctionalError(f"{trace.model}: no values for weight(s) {', '.join(missing[:3])}")
         self.w = {k: np.asarray(weights[k], dtype=np.float32) for k in trace.weights}
+        for k, meta in trace.weights.items():
+            if list(self.w[k].shape) != list(meta["shape"]):
+                raise FunctionalError(f"{trace.model}: weight {k}: shape {list(self.w[k].shape)}, "
+                                      f"the trace says {list(meta['shape'])}")
+        self.mapping = mappings.map(trace, spec, strategy, max_context=max_context)
+        self.f = Functional(self.mapping, seed=seed)
+        self.asic = A.Asic(exact)
+        self.rng = np.random.default_rng(seed + 1)
+        self.position = 0
+        self.fallbacks = 0          # kernel runs the golden functions computed
+        self.values: dict[int, np.ndarray] = {}
+        g = self.mapping.placement.geometry
+        garbage = self.rng.uniform(-100, 100, (g.channels, g.gb_slots, g.values_per_column))
+        self.gb = _bf16_values(garbage)                 # each channel's global buffer
         pl = self.mapping.placement
         v = pl.geometry.values_per_column
         for name, regions in pl.by_weight.items():
             for r in regions:
                 self.f.store_columns(r, column_table(r, self.w[name], v))
-        self._check_ops()
 
     # -- set-up -------------------------------------------------------------------------
     def _check_ops(self) -> None:
-        for op in self.trace.decode.ops:
-            a = op.attrs
-            if op.op == "elementwise" and a.get("scalar"):
-                raise FunctionalError(f"{self.trace.model}: op {op.index} ({op.module}): scalar "
-                                      f"elementwise operators are not supported in functional mode")
-            if op.op == "rotary" and (self.rope is None or a["rotary_dim"] != a["head_dim"]):
-                raise FunctionalError(f"{self.trace.model}: op {op.index} ({op.module}): rotary "
-                                      f"embedding needs full-width (cos, sin) tables")
-            if op.op == "activation" and a["kind"] not in ("gelu_tanh", "silu", "relu"):
-                raise FunctionalError(f"{self.trace.model}: activation {a['kind']!r} is not supported")
+        check_supported(self.trace, rope=self.rope is not None)
 
     # -- one decode step ----------------------------------------------------------------
     def step(self, token: int) -> np.ndarray:
