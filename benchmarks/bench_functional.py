@@ -40,8 +40,10 @@ def main(argv=None) -> int:
         n = a.steps + 1
         t0 = time.perf_counter()
         net = R.load_model(name, 0)
-        fm = FunctionalModel(trace, load_preset("pim-gpt"), R.bf16_weights(net),
-                             rope=R.rope_tables(net, n), exact=APPROXIMATIONS, max_context=n)
+        weights, rope = R.bf16_weights(net), R.rope_tables(net, n)
+        del net                    # the functional run needs only the weight values
+        fm = FunctionalModel(trace, load_preset("pim-gpt"), weights, rope=rope,
+                             exact=APPROXIMATIONS, max_context=n)
         setup = time.perf_counter() - t0
         toks = [int(t) for t in np.random.default_rng(0).integers(0, trace.config["vocab_size"], n)]
         fm.step(toks[0])                                           # warm-up (and JIT)
@@ -55,10 +57,12 @@ def main(argv=None) -> int:
         ratio = ""
         if a.emulation_steps:
             e = a.emulation_steps
+            net = R.load_model(name, 0)
             t0 = time.perf_counter()
             hardware_logits(net, toks[:e], trace, fm.mapping, APPROXIMATIONS)
             ep = (time.perf_counter() - t0) / e
             emul, ratio = f"{1 / ep:14.2f}", f"{ep / per:6.1f}"
+        del fm
         print(f"{name:14s} {setup:8.1f} {1 / per:8.2f} {per * 1e3:8.1f} {macs:11,d} {emul} {ratio}",
               flush=True)
     print("(steps/s: functional decode steps per second, steady state; ratio: emulation time / "
