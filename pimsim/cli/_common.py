@@ -25,6 +25,18 @@ def progress_bar(verb: str, unit: str):
     return show
 
 
+def write_files(out: str, files: dict[str, bytes]) -> None:
+    """Write ``files`` (name -> bytes, all computed first) into directory ``out``, each
+    atomically."""
+    from pathlib import Path
+
+    from pimsim.io import atomic_write
+
+    for name, data in files.items():
+        with atomic_write(Path(out) / name, "wb") as fh:
+            fh.write(data)
+
+
 def add_spec_arguments(p) -> None:
     """``--timing FILE`` | ``--preset NAME`` and repeatable ``--set KEY=VALUE``."""
     src = p.add_mutually_exclusive_group()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from pimsim.cli._common import progress_bar
+from pimsim.cli._common import progress_bar, write_files
 from pimsim.errors import PimsimError
 
 
@@ -48,13 +48,7 @@ def run(args) -> int:
     files = {}
     if args.out:
         files = render(result)
-        from pathlib import Path
-
-        from pimsim.io import atomic_write
-
-        for name, data in files.items():
-            with atomic_write(Path(args.out) / name, "wb") as fh:
-                fh.write(data)
+        write_files(args.out, files)
     print(summary(result, args.out, sorted(files)))
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from pimsim.cli._common import progress_bar
+from pimsim.cli._common import progress_bar, write_files
 from pimsim.errors import PimsimError
 
 DEFAULT_MODEL = "gpt2-small"
@@ -44,13 +44,7 @@ def run(args) -> int:
     files = {}
     if args.out:
         files = render(result)
-        from pathlib import Path
-
-        from pimsim.io import atomic_write
-
-        for name, data in files.items():
-            with atomic_write(Path(args.out) / name, "wb") as fh:
-                fh.write(data)
+        write_files(args.out, files)
     print(summary(result, args.out, sorted(files)))
     return 0
 

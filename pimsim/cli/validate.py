@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pimsim.cli._common import progress_bar
+from pimsim.cli._common import progress_bar, write_files
 
 PAPER_MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
                 "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl"]
@@ -25,7 +25,6 @@ def run(args) -> int:
     from pathlib import Path
 
     from pimsim.errors import PimsimError
-    from pimsim.io import atomic_write
     from validation.baselines import fit, load_measurements
     from validation.claims import collect, evaluate
     from validation.report import render
@@ -41,9 +40,7 @@ def run(args) -> int:
     rows = evaluate(runs)
     measurements = load_measurements()
     files = render(runs, rows, fit(measurements), measurements)
-    for name, data in files.items():
-        with atomic_write(Path(args.out) / name, "wb") as fh:
-            fh.write(data)
+    write_files(args.out, files)
     for r in rows:
         print(f"{r['verdict']:10s} {r['claim']}: ours {_f(r['ours'])}, paper {_f(r['paper'])} ({r['tolerance']})")
     print(f"wrote {Path(args.out) / 'REPORT.md'}")
