@@ -92,6 +92,24 @@ def test_a_stream_that_disagrees_with_its_plan_is_refused(monkeypatch):
                     np.zeros((64, 16), np.float32))
 
 
+@pytest.mark.parametrize("seq,ok", [
+    (["TMOD", "WRGB", "TMOD", "ACT16", "MAC16", "PREA", "TMOD", "RDMAC16", "TMOD"], True),
+    (["WRGB"], False),                                   # buffer command in bank mode
+    (["TMOD", "MAC16", "TMOD"], False),                  # bank command in buffer mode
+    (["TMOD", "ACT16", "TMOD"], False),
+    (["TMOD", "WRGB"], False),                           # ends in buffer mode
+])
+def test_commands_in_the_wrong_mode_are_refused(seq, ok):
+    from pimsim.standard import CMD_ID
+
+    cmd = np.array([CMD_ID[c] for c in seq])
+    if ok:
+        pim.check_modes(cmd, "k")
+    else:
+        with pytest.raises(pim.ExecutionError, match="wrong mode"):
+            pim.check_modes(cmd, "k")
+
+
 # --------------------------------------------------------------------------- ASIC arithmetic
 
 def _patterns(rng, n):

@@ -182,12 +182,14 @@ class FunctionalModel:
             yield k, vals
 
     def _columns(self, vec_bits: np.ndarray, length: int | None = None) -> np.ndarray:
-        """BF16 values of a vector, zero-padded to whole columns: (columns, values)."""
+        """BF16 values of vectors (the last axis), zero-padded to whole columns:
+        (..., columns, values)."""
         v = self.mapping.placement.geometry.values_per_column
-        n = -(-(length or vec_bits.size) // v) * v
-        out = np.zeros(n, dtype=np.float32)
-        out[:vec_bits.size] = A.values(A.to_bf16(vec_bits))
-        return out.reshape(-1, v)
+        size = vec_bits.shape[-1]
+        n = -(-(length or size) // v) * v
+        out = np.zeros(vec_bits.shape[:-1] + (n,), dtype=np.float32)
+        out[..., :size] = A.values(A.to_bf16(vec_bits))
+        return out.reshape(*vec_bits.shape[:-1], -1, v)
 
     def _linear(self, op, x, kernels):
         a = op.attrs
@@ -237,7 +239,7 @@ class FunctionalModel:
         att = self.mapping.placement.attention[op.layer]
         n = min(pos + 1, att.reserve)
         group = att.q_heads // att.kv_heads
-        qc = np.stack([self._columns(h) for h in q.reshape(att.q_heads, att.head_dim)])
+        qc = self._columns(q.reshape(att.q_heads, att.head_dim))
         qc = qc.reshape(att.kv_heads, group, *qc.shape[1:]).transpose(1, 0, 2, 3)  # (r, i, c, v)
         idx, parts = [], []
         for k, vals in self._mac(kernels, lambda k: np.ascontiguousarray(qc[:k.repeats])):
@@ -254,7 +256,7 @@ class FunctionalModel:
     def _context(self, op, p, kernels):
         att = self.mapping.placement.attention[op.layer]
         group = att.q_heads // att.kv_heads
-        pc = np.stack([self._columns(h, att.reserve) for h in p])         # (q_heads, c, v)
+        pc = self._columns(p, att.reserve)                               # (q_heads, c, v)
         pc = pc.reshape(att.kv_heads, group, *pc.shape[1:]).transpose(1, 0, 2, 3)
         idx, parts = [], []
         for k, vals in self._mac(kernels, lambda k: np.ascontiguousarray(pc[:k.repeats])):

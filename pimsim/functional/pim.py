@@ -30,7 +30,8 @@ from numba import njit, prange
 from pimsim import numerics as nx
 from pimsim.standard import CMD_ID
 
-_WRGB, _MAC, _RD, _TMOD = (CMD_ID[c] for c in ("WRGB", "MAC16", "RDMAC16", "TMOD"))
+_WRGB, _MAC, _RD, _TMOD, _ACT16, _PREA = (
+    CMD_ID[c] for c in ("WRGB", "MAC16", "RDMAC16", "TMOD", "ACT16", "PREA"))
 #: Smallest non-zero product magnitude for which the float32 kernel is exact (see above).
 _SAFE = np.float32(2.0 ** -100)
 _LANES = nx.MAC_LANES
@@ -43,12 +44,20 @@ class ExecutionError(ValueError):
 def check_modes(cmd: np.ndarray, name: str) -> None:
     """TMOD toggles bank mode (ACT16, MAC16, PREA) and buffer mode (WRGB, RDMAC16); a
     kernel starts and ends in bank mode."""
-    tm = cmd == _TMOD
-    buffer_mode = (np.cumsum(tm) - tm) % 2 == 1
-    buf = np.isin(cmd, [_WRGB, _RD])
-    bank = np.isin(cmd, [CMD_ID["ACT16"], _MAC, CMD_ID["PREA"]])
-    if (~buffer_mode[buf]).any() or buffer_mode[bank].any() or int(tm.sum()) % 2:
+    if not _modes_ok(np.ascontiguousarray(cmd, dtype=np.int64)):
         raise ExecutionError(f"{name}: a command issues in the wrong mode")
+
+
+@njit(cache=True, nogil=True)
+def _modes_ok(cmd) -> bool:
+    buffer_mode = False
+    for c in cmd:
+        if c == _TMOD:
+            buffer_mode = not buffer_mode
+        elif (c == _WRGB or c == _RD) != buffer_mode and \
+                (c == _WRGB or c == _RD or c == _ACT16 or c == _MAC or c == _PREA):
+            return False
+    return not buffer_mode
 
 
 @njit(cache=True, inline="always")
