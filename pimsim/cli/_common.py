@@ -37,6 +37,14 @@ def write_files(out: str, files: dict[str, bytes]) -> None:
             fh.write(data)
 
 
+def add_preset_arguments(p, example: str = "") -> None:
+    """``--preset NAME`` (default pim-gpt) and repeatable ``--set KEY=VALUE``."""
+    p.add_argument("--preset", default="pim-gpt", help="preset name or YAML file (default pim-gpt)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a preset value{', e.g. ' + example if example else ''} "
+                        f"(repeatable)")
+
+
 def add_spec_arguments(p) -> None:
     """``--timing FILE`` | ``--preset NAME`` and repeatable ``--set KEY=VALUE``."""
     src = p.add_mutually_exclusive_group()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from pimsim.cli._common import progress_bar, write_files
+from pimsim.cli._common import add_preset_arguments, progress_bar, write_files
 from pimsim.errors import PimsimError
 
 
@@ -25,9 +25,7 @@ def add_parser(sub) -> None:
                         "approximations by exact functions")
     p.add_argument("--exact", action="append", default=[], metavar="FUNCTION",
                    help="replace one approximation (exp, recip, rsqrt, gelu; repeatable)")
-    p.add_argument("--preset", default="pim-gpt", help="preset name or YAML file (default pim-gpt)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset value (repeatable)")
+    add_preset_arguments(p)
     p.add_argument("--strategy", default="pim-gpt", help="mapping strategy (default pim-gpt)")
     p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
     p.add_argument("--out", metavar="DIR", help="write functional.json, steps.csv and error.png to DIR")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from pimsim.cli._common import add_preset_arguments
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("map", help="place a model in the PIM banks; capacity, row-hit rate, "
@@ -14,9 +16,7 @@ def add_parser(sub) -> None:
                                    "decode step at --kv-len the row-hit rate and the command "
                                    "counts per kernel kind (no cycle simulation).")
     p.add_argument("model", help="registry model name or trace JSON file")
-    p.add_argument("--preset", default="pim-gpt", help="preset name or YAML file (default pim-gpt)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset value (repeatable)")
+    add_preset_arguments(p)
     p.add_argument("--strategy", default="pim-gpt",
                    help="mapping strategy, or 'all' (default pim-gpt)")
     p.add_argument("--kv-len", type=int, default=None,

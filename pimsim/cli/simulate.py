@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from pimsim.cli._common import progress_bar, write_files
+from pimsim.cli._common import add_preset_arguments, progress_bar, write_files
 from pimsim.errors import PimsimError
 
 DEFAULT_MODEL = "gpt2-small"
@@ -20,9 +20,7 @@ def add_parser(sub) -> None:
                     "its range), row-hit rate and bandwidth. Prefill is not simulated.")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                    help=f"registry model or trace file (default {DEFAULT_MODEL})")
-    p.add_argument("--preset", default="pim-gpt", help="preset name or YAML file (default pim-gpt)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a preset value, e.g. asic.clock_MHz=100 (repeatable)")
+    add_preset_arguments(p, "asic.clock_MHz=100")
     p.add_argument("--prompt", type=int, default=32, help="context length before decoding (default 32)")
     p.add_argument("--tokens", type=int, default=8, help="decode steps to simulate (default 8)")
     p.add_argument("--strategy", default="pim-gpt", help="mapping strategy (default pim-gpt)")

@@ -97,6 +97,7 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
     compare with (default all). ``tokens``: feed exactly these ``prompt + steps`` tokens
     (teacher forcing, e.g. to compare runs on one sequence) instead of the seeded prompt
     and the run's own greedy choices."""
+    import mappings
     import workloads
     from pimsim import __version__
     from pimsim.api import trace_hash
@@ -125,8 +126,6 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
     first = prompt                  # position of the first decode step
     positions = first + steps
     vocab = int(trace.config.get("vocab_size"))
-    import mappings
-
     limit = mappings.model_context(trace)
     if limit is not None and positions > limit:
         raise PimsimError(f"{trace.model}: {prompt} prompt tokens plus {steps} steps need "

@@ -107,6 +107,22 @@ _APPROX = {
 }
 
 
+def arrival_ranks(index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, index[order], rank): a stable sort of the values by output index, and each
+    value's place among the values of its output. Adding round by round (all rank-0 values,
+    then rank 1, ...) adds each output's values one by one in arrival order."""
+    order = np.argsort(index, kind="stable")
+    idx = index[order]
+    start = np.r_[0, np.flatnonzero(np.diff(idx)) + 1]
+    rank = np.arange(idx.size) - np.repeat(start, np.diff(np.r_[start, idx.size]))
+    return order, idx, rank
+
+
+def bf16_values(x) -> np.ndarray:
+    """float32 values of ``x`` rounded to BF16 (round to nearest even, subnormals flushed)."""
+    return values(to_bf16(bits(np.asarray(x, dtype=np.float32))))
+
+
 class Asic:
     """The ASIC's operators; ``exact`` names the approximations replaced by exact functions."""
 
@@ -143,10 +159,8 @@ class Asic:
             out, ok = _ordered_f32(n, index.astype(np.int64), f)
             if ok:
                 return out.view(np.uint32)
-        order = np.argsort(index, kind="stable")
-        idx, v = index[order], vals[order]
-        start = np.r_[0, np.flatnonzero(np.diff(idx)) + 1]
-        rank = np.arange(idx.size) - np.repeat(start, np.diff(np.r_[start, idx.size]))
+        order, idx, rank = arrival_ranks(index)
+        v = vals[order]
         for k in range(int(rank.max()) + 1):
             sel = rank == k
             y[idx[sel]] = add(y[idx[sel]], v[sel])

@@ -80,10 +80,7 @@ def _ordered(n, index, vals):
     y = torch.zeros(n, dtype=torch.float32)
     if index.size == 0:
         return y
-    order = np.argsort(index, kind="stable")
-    idx = index[order]
-    start = np.r_[0, np.flatnonzero(np.diff(idx)) + 1]
-    rank = np.arange(idx.size) - np.repeat(start, np.diff(np.r_[start, idx.size]))
+    order, idx, rank = A.arrival_ranks(index)
     v = vals[torch.from_numpy(order)]
     for k in range(int(rank.max()) + 1):
         sel = np.flatnonzero(rank == k)

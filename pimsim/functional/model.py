@@ -40,10 +40,6 @@ def check_supported(trace, rope: bool = True) -> None:
             raise FunctionalError(f"{trace.model}: activation {a['kind']!r} is not supported")
 
 
-def _bf16_values(x: np.ndarray) -> np.ndarray:
-    return A.values(A.to_bf16(A.bits(x)))
-
-
 class FunctionalModel:
     """One model on one system, stepped token by token.
 
@@ -77,7 +73,7 @@ class FunctionalModel:
         self.values: dict[int, np.ndarray] = {}
         g = self.mapping.placement.geometry
         garbage = self.rng.uniform(-100, 100, (g.channels, g.gb_slots, g.values_per_column))
-        self.gb = _bf16_values(garbage)                 # each channel's global buffer
+        self.gb = A.bf16_values(garbage)                 # each channel's global buffer
         pl = self.mapping.placement
         v = pl.geometry.values_per_column
         for name, regions in pl.by_weight.items():

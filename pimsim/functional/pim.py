@@ -229,8 +229,3 @@ def execute(kernel, mem: np.ndarray, base: int, inputs: np.ndarray, gb: np.ndarr
             return out, False
     _run_golden(*args, gb, out)
     return out, True
-
-
-def _bf16(x) -> np.ndarray:
-    """float32 array of ``x`` rounded to BF16 (round to nearest even)."""
-    return nx.bf16_to_f32(nx.f32_to_bf16_bits(np.asarray(x, dtype=np.float32)))
