@@ -23,6 +23,16 @@ earlier loads of the same kernel repeat; a load with nothing to write is left ou
 kernels repeat their passes once per query head of a group (``repeats``); each repeat
 starts with no pending result and an unknown buffer, so repeats tile the stream.
 
+Activation ahead of buffer mode (``R > 1`` only): an ACT16 that directly follows a load or
+a read-out batch (a stretch of adjacent TMOD ... TMOD blocks) is issued just before the
+stretch's first TMOD, e.g. ACT16, TMOD, RDMAC16..., WRGB..., TMOD, MAC16... and PREA,
+ACT16, TMOD, RDMAC16 x R, TMOD, MAC16..., so the row activation (nRCDRDMAC) runs while the
+buffer is loaded or the registers are read; ACT16 still issues in bank mode. Only the order
+changes, never the counts, and each repeat is reordered on its own (repeats still tile).
+Assumed: the global buffer and result registers can be written/read (buffer mode) while a
+row activated by ACT16 is open; the public AiM material does not forbid it. With one
+register (AiM) the order is the AiM one: the ACT16 follows the load's closing TMOD.
+
 Continued accumulation: with ``R > 1``, a repeat whose segments belong to at most R
 distinct outputs (distinct (slot, sub) pairs; the segments of one output lie in the same
 bank slot, one per input tile) gives each output its own register, the output's rank among
@@ -358,7 +368,10 @@ class MacKernel:
         return self.repeats * self._stats()[0]
 
     def commands(self, spec=None):
-        """The exact command stream (bank mode at start and end, all banks closed)."""
+        """The exact command stream (bank mode at start and end, all banks closed). With
+        ``registers > 1`` the ACT16 after a load or read-out batch precedes the batch's
+        opening TMOD (module docstring: assumed, the buffer and registers work in buffer
+        mode while a row is open)."""
         from pimsim.engine import CommandStream
 
         cmd, bg, ba, row, col = _kernel_arrays(self.passes, self.part.base_row, self.repeats,
@@ -378,24 +391,55 @@ def _readout(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _kernel_arrays(passes: tuple[MacPass, ...], base_row: int, repeats: int,
                    registers: int = 1, gb_reuse: bool = False):
     """The command arrays of a MAC kernel, shared by every decode step that runs the same
-    passes (weight kernels are identical from token to token); nothing writes to them."""
+    passes (weight kernels are identical from token to token); nothing writes to them.
+    With ``registers > 1`` each repeat's ACT16s are moved ahead of the buffer-mode stretch
+    they follow (:func:`_hoisted_order`)."""
     plan = kernel_plan(passes, registers, gb_reuse)
     parts = [_pass_commands(p, base_row, plan, i) for i, p in enumerate(passes)]
     if plan.final:
         parts.append(_readout(plan.final))
     cmd, row, col = (np.concatenate([q[i] for q in parts]) if parts else
                      np.zeros(0, dtype=np.int64) for i in range(3))
+    if registers > 1:           # per repeat, so that repeats still tile the stream
+        order = _hoisted_order(cmd)
+        if order is not None:
+            cmd, row, col = cmd[order], row[order], col[order]
     if repeats > 1:
         cmd, row, col = (np.tile(a, repeats) for a in (cmd, row, col))
     neg = np.full(cmd.size, -1, dtype=np.int64)
     return cmd, neg, neg, row, col
 
 
+def _hoisted_order(cmd: np.ndarray) -> np.ndarray | None:
+    """The permutation that moves every ACT16 directly after a buffer-mode stretch (one or
+    more adjacent TMOD ... TMOD blocks: a global-buffer load, a read-out batch) to just
+    before the stretch's first TMOD, so that the row activation (nRCDRDMAC) runs while the
+    buffer is loaded or the registers are read; None where no ACT16 moves. The ACT16 still
+    issues in bank mode, and the order of everything else is kept (command counts are
+    unchanged). Assumed: the global buffer and result registers can be written/read (buffer
+    mode) while a row activated by ACT16 is open; the public AiM material does not forbid
+    it."""
+    tm = cmd == CMD_ID["TMOD"]
+    # inside a block: from its opening TMOD (odd running count) to its closing TMOD
+    block = (np.cumsum(tm) % 2 == 1) | tm
+    act = np.flatnonzero(cmd[1:] == CMD_ID["ACT16"]) + 1
+    act = act[block[act - 1]]
+    if act.size == 0:
+        return None
+    pos = np.arange(cmd.size, dtype=np.int64)
+    begins = block & ~np.r_[False, block[:-1]]
+    stretch = np.maximum.accumulate(np.where(begins, pos, 0))   # first TMOD of the stretch
+    key = 2 * pos
+    key[act] = 2 * stretch[act - 1] - 1
+    return np.argsort(key, kind="stable")
+
+
 def _pass_commands(p: MacPass, base_row: int, plan: KernelPlan | None = None,
                    i: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pass's load [TMOD, RDMAC16 x drain, WRGB per written slot, TMOD]; per segment:
     [ACT16] MAC16 x n [PREA] and, where a batch is full, TMOD RDMAC16 x R TMOD (with one
-    register: after every segment)."""
+    register: after every segment). This is the AiM order; with R > 1 registers
+    :func:`_kernel_arrays` then moves each ACT16 that follows a load or batch ahead of it."""
     C = CMD_ID
     if plan is None:
         plan = kernel_plan((p,))
