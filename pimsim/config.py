@@ -131,6 +131,12 @@ class DramSpec:
     #: Cycle (relative to the first command) at which the first refresh falls due is
     #: ``interval - refresh_phase_cycles``; the phase is the absolute cycle of the first command.
     refresh_phase_cycles: int = 0
+    #: All-bank refreshes the controller may hold back while a kernel streams (issued
+    #: before the channel's next kernel instead); 0 refreshes as soon as one falls due.
+    refresh_postpone: int = 0
+    #: All-bank refreshes that may be issued ahead of their due cycle, into a channel's idle
+    #: time before its next kernel (with postponing).
+    refresh_pull_in: int = 0
     read_latency: int = 0
     quirks: tuple[str, ...] = ()
     origin: str = ""
@@ -150,7 +156,10 @@ class DramSpec:
         if policy != "off":
             _check_refresh_timing(self.timing, policy, self.banks, self.origin or self.name)
         phase = self.refresh_phase_cycles if phase_cycles is None else phase_cycles
-        return dataclasses.replace(self, refresh_policy=policy, refresh_phase_cycles=phase)
+        ab = policy == "ab"
+        return dataclasses.replace(self, refresh_policy=policy, refresh_phase_cycles=phase,
+                                   refresh_postpone=self.refresh_postpone if ab else 0,
+                                   refresh_pull_in=self.refresh_pull_in if ab else 0)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "origin"}
@@ -352,6 +361,10 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
         Param("policy", "choice", "", "refresh policy", choices=REFRESH_POLICIES),
         Param("phase_cycles", "int", "cycles", "absolute cycle of the first command (refresh phase)",
               minimum=0, required=False),
+        Param("postpone", "int", "", "all-bank refreshes that may be postponed to the channel's "
+              "next kernel boundary (0: refresh when due; applies to policy ab)", minimum=0, required=False),
+        Param("pull_in", "int", "", "all-bank refreshes that may be issued ahead of their due cycle "
+              "into a channel's idle time (needs postpone > 0)", minimum=0, required=False),
     ],
 }
 TOP_KEYS = {"preset", "description", "standard", "organization", "clock", "timing", "pim",
@@ -558,6 +571,10 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
         except ConfigError as exc:
             raise ctx.err("refresh.policy", str(exc)) from None
 
+    if ref.get("pull_in", 0) and not ref.get("postpone", 0):
+        raise ctx.err("refresh.pull_in", f"pulling refreshes in needs refresh.postpone > 0 "
+                      f"(they are issued where postponed ones are); got pull_in={ref['pull_in']!r}")
+
     constraints = standard.resolve(timing, where=f"{ctx.origin}: ")
     _check_constraint_support(constraints, ctx.origin)
 
@@ -572,6 +589,8 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
         constraints=constraints, commands=standard.commands,
         tmod_lookahead=standard.tmod_lookahead, refresh_policy=ref["policy"],
         refresh_phase_cycles=ref.get("phase_cycles", 0),
+        refresh_postpone=ref.get("postpone", 0) if ref["policy"] == "ab" else 0,
+        refresh_pull_in=ref.get("pull_in", 0) if ref["policy"] == "ab" else 0,
         read_latency=timing.get("nCL", 0) + timing.get("nBL", 0), origin=ctx.origin,
     )
     return SystemSpec(

@@ -46,7 +46,8 @@ def run(args) -> int:
                  ("pim.clock_MHz", spec.pim.clock_MHz),
                  ("pim.result_registers", spec.pim.result_registers),
                  ("pim.gb_reuse", str(spec.pim.gb_reuse).lower())]
-    rows += [("refresh.policy", d.refresh_policy), ("refresh.phase_cycles", d.refresh_phase_cycles)]
+    rows += [("refresh.policy", d.refresh_policy), ("refresh.phase_cycles", d.refresh_phase_cycles),
+             ("refresh.postpone", d.refresh_postpone), ("refresh.pull_in", d.refresh_pull_in)]
     for key, value in rows:
         src = spec.sources.get(key, "derived" if key == "timing.nMAC" else "")
         print(f"  {key:34s} {str(value):>8s}   {src}")

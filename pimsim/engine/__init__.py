@@ -21,7 +21,7 @@ from pimsim.errors import PimsimError
 from pimsim.standard import CMD_ID, COMMANDS, N_COMMANDS
 
 __all__ = ["CommandStream", "EngineState", "IssueResult", "issue", "issue_channels", "compiled", "check",
-           "merge_log", "issue_repeated", "RepeatResult", "BACKENDS"]
+           "merge_log", "issue_repeated", "RepeatResult", "BACKENDS", "issue_postponed_refresh"]
 
 BACKENDS = ("numba", "python")
 
@@ -167,6 +167,91 @@ def issue(spec: DramSpec, stream: CommandStream, *, backend: str = "numba",
     inserted["col"] = np.full(n_ins, -1, dtype=np.int64)
     return IssueResult(cycles=cycles, counts=dict(zip(COMMANDS, counts.tolist())),
                        inserted=inserted, refresh_stall_cycles=int(stall))
+
+
+def issue_postponed_refresh(state: EngineState, until: int, postpone: int, pull_in: int = 0):
+    """Issue the all-bank refreshes a controller held back, before the channel's next kernel,
+    and pull later ones into the idle time before it.
+
+    With postponing, the state's refresh due cycle (``sc[1]``) is ``postpone`` intervals
+    after the oldest refresh not yet issued, so the channel kernel forces a refresh only
+    when more than ``postpone`` are outstanding. This issues, in order:
+
+    * every outstanding refresh whose due cycle is at or before ``until`` (the next kernel's
+      release): PREA first if a bank is open, then one REFab each, every command at the
+      earliest legal cycle and no earlier than its refresh's due cycle;
+    * then refreshes not yet due (pulled in), each at the earliest legal cycle, while it
+      completes (issue + nRFCab) by ``until`` and, once it is issued, at most ``pull_in``
+      refreshes stand issued ahead of their due cycle.
+
+    Returns ``(cycles, stream)`` of what it issued, or None.
+    """
+    from pimsim.engine.compile import PREA, REFAB
+
+    ct = state.ct
+    if ct.refresh != 1 or postpone <= 0:
+        return None
+    if state.backend != "numba":
+        raise PimsimError("issue_postponed_refresh(): needs a numba-backend state")
+    nx, sc, open_row = state.arrays[0], state.arrays[-1], state.arrays[4]
+    interval = ct.refresh_interval
+    rfc = int(state.spec.timing.get("nRFCab", 0))
+    first = int(sc[1]) - postpone * interval
+    if until < first and (pull_in <= 0 or until - max(int(sc[0]) + 1, int(nx[0, REFAB]),
+                                                      int(nx[1, REFAB])) < rfc):
+        return None          # nothing due, and no room before the kernel for one more
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    if until >= first:
+        k = (until - first) // interval + 1
+        pre = int((open_row >= 0).any())
+        cmd = np.full(k + pre, REFAB, dtype=np.int64)
+        release = first + interval * np.arange(-pre, k, dtype=np.int64)
+        if pre:
+            cmd[0] = PREA
+            release[0] = first
+        parts.append((cmd, _issue_plain(state, cmd, release)))
+        sc[1] += k * interval
+    if pull_in > 0 and not (open_row >= 0).any():
+        # pulled-in refreshes follow each other nRFCab apart (REFab blocks every command
+        # for nRFCab; the first one's other limits are already met)
+        t = max(int(sc[0]) + 1, int(nx[0, REFAB]), int(nx[1, REFAB]))
+        nxt = int(sc[1]) - postpone * interval      # due cycle of the next refresh, > until
+        m = 0
+        while m < pull_in and t + (m + 1) * rfc <= until and rfc > 0:
+            # refreshes standing issued ahead of their due cycle once the m-th is issued
+            if (nxt + m * interval - (t + m * rfc) - 1) // interval + 1 > pull_in:
+                break
+            m += 1
+        if m > 0:
+            cmd = np.full(m, REFAB, dtype=np.int64)
+            cyc = _issue_plain(state, cmd, np.zeros(m, dtype=np.int64))
+            if not np.array_equal(cyc, t + rfc * np.arange(m)):
+                raise PimsimError(f"{state.spec.name}: pulled-in refreshes issued at "
+                                  f"{cyc.tolist()}, expected every {rfc} cycles from {t}")
+            parts.append((cmd, cyc))
+            sc[1] += m * interval
+    if not parts:
+        return None
+    cmd = np.concatenate([p[0] for p in parts])
+    neg = np.full(cmd.size, -1, dtype=np.int64)
+    return np.concatenate([p[1] for p in parts]), CommandStream(
+        cmd=cmd, bg=neg, ba=neg.copy(), row=neg.copy(), col=neg.copy(), source="refresh")
+
+
+def _issue_plain(state: EngineState, cmd: np.ndarray, release: np.ndarray) -> np.ndarray:
+    """Issue channel-wide commands on the state with the refresh logic off; their cycles."""
+    from pimsim.engine.kernel import run_channel
+
+    ct = state.ct
+    neg = np.full(cmd.size, -1, dtype=np.int64)
+    cycles = np.zeros(cmd.size, dtype=np.int64)
+    counts = np.zeros(N_COMMANDS, dtype=np.int64)
+    ins = [np.zeros(1, dtype=np.int64) for _ in range(6)]
+    status, _, _ = run_channel(*ct.kernel_args(), cmd, neg, neg, neg, release, 0,
+                               ct.refresh_interval, *state.arrays, cycles, *ins, counts)
+    if status != 0:
+        raise _status_error(status, state.spec)
+    return cycles
 
 
 @dataclass(frozen=True, eq=False)
