@@ -2,6 +2,7 @@
 
     python benchmarks/bench_simulate.py [--tokens 1024] [--prompt 0] [--models gpt2-small,...]
     python benchmarks/bench_simulate.py --replay --tokens 16 --models gpt2-small
+    python benchmarks/bench_simulate.py --schedulers --tokens 16 --models gpt2-small,gpt2-xl
 
 Each model decodes --tokens tokens after a --prompt-token context on the pim-gpt preset,
 every DRAM command timed by the channel engines. Prints per model the wall time, wall time
@@ -26,10 +27,15 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(PAPER_MODELS))
     ap.add_argument("--replay", action="store_true",
                     help="instead: wall time with and without kernel replay, refresh on and off")
+    ap.add_argument("--schedulers", action="store_true",
+                    help="instead: wall time of the SimPy processes and of the listed schedule")
     args = ap.parse_args()
     pimsim.simulate("gpt2-small", tokens=1)  # load the compiled kernels once
     if args.replay:
         replay_figures(args)
+        return
+    if args.schedulers:
+        scheduler_figures(args)
         return
     total = 0.0
     for model in args.models.split(","):
@@ -58,6 +64,20 @@ def replay_figures(args) -> None:
             print(f"{model:12s} {'refresh off' if over else 'refresh on ':11s} {args.tokens} tokens: "
                   f"wall {wall[False]:7.2f} s issued, {wall[True]:7.2f} s with replay "
                   f"({wall[False] / wall[True]:4.2f}x); simulated {lat * 1e6:8.1f} us per token")
+
+
+def scheduler_figures(args) -> None:
+    """Wall time of the same run scheduled by SimPy processes and by the event list."""
+    for model in args.models.split(","):
+        wall, lat = {}, {}
+        for scheduler in ("simpy", "listed"):
+            t = time.perf_counter()
+            r = pimsim.simulate(model, prompt=args.prompt, tokens=args.tokens, scheduler=scheduler)
+            wall[scheduler] = time.perf_counter() - t
+            lat[scheduler] = r.to_json()
+        same = "identical JSON" if lat["simpy"] == lat["listed"] else "DIFFERENT JSON"
+        print(f"{model:12s} {args.tokens} tokens: wall {wall['simpy']:7.2f} s SimPy, "
+              f"{wall['listed']:7.2f} s listed ({wall['simpy'] / wall['listed']:4.2f}x); {same}")
 
 
 if __name__ == "__main__":

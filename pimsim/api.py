@@ -69,7 +69,7 @@ def load_model(model) -> object:
 
 def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), prompt: int = 32,
              tokens: int = 8, strategy: str = "pim-gpt", timeline: bool = False,
-             check: bool = False, replay: bool = True,
+             check: bool = False, replay: bool = True, scheduler: str = "listed",
              progress: Callable[[int, int], None] | None = None) -> SimulationResult:
     """Decode ``tokens`` tokens after a ``prompt``-token context (KV lengths prompt+1 ..
     prompt+tokens), every DRAM command timed by the channel engines.
@@ -78,6 +78,8 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
     every issued command is protocol-checked and violations raise an error. ``replay``
     reuses the stored run of a kernel issued before from the same relative channel state
     when no refresh falls due during it (exact; ``False`` issues every kernel).
+    ``scheduler="simpy"`` runs each step as SimPy processes instead of the default
+    time-ordered event list; the two give identical results.
     """
     import mappings
     from pimsim import __version__
@@ -96,7 +98,8 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
         raise PimsimError(f"{trace.model}: a {prompt}-token context plus {tokens} tokens needs "
                           f"{prompt + tokens} positions; the model has {limit}")
     mapping = mappings.map(trace, spec, strategy, max_context=prompt + tokens)
-    sim = SystemSimulator(spec, keep_timeline=timeline, keep_logs=check, memo=replay)
+    sim = SystemSimulator(spec, keep_timeline=timeline, keep_logs=check, memo=replay,
+                          scheduler=scheduler)
     d = spec.dram
     t = d.timing
     result = SimulationResult(meta={

@@ -22,6 +22,7 @@ stays in the node processes. Library code: it returns data and never prints.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -31,11 +32,12 @@ from numba import njit
 
 from pimsim.asic import op_cost
 from pimsim.config import SystemSpec
-from pimsim.engine import EngineState, check, issue, merge_log
+from pimsim.engine import EngineState, check, issue, issue_postponed_refresh, merge_log
 from pimsim.errors import PimsimError
 from pimsim.standard import CMD_ID, COMMANDS
 
 KERNEL, ASIC, TRANSFER = "kernel", "asic", "transfer"
+SCHEDULERS = ("listed", "simpy")
 #: bounds of the kernel-run store: distinct command streams, entry states per stream
 _MEMO_STREAMS, _MEMO_STATES = 8192, 64
 #: a stream none of whose first runs could be stored is not keyed any more
@@ -96,7 +98,7 @@ class SystemSimulator:
     """Runs decode-step programs one after another on one system; channel state persists."""
 
     def __init__(self, spec: SystemSpec, *, keep_timeline: bool = False, keep_logs: bool = False,
-                 memo: bool = True):
+                 memo: bool = True, scheduler: str = "listed"):
         if spec.asic is None:
             raise PimsimError(f"preset {spec.name} has no 'asic' section; the system simulator needs one")
         self.spec = spec
@@ -104,11 +106,17 @@ class SystemSimulator:
         self.tck = spec.dram.tCK_ps
         self.asic_ps = spec.asic.cycle_ps
         self.link_latency_ps = spec.link_latency_ps
+        if scheduler not in SCHEDULERS:
+            raise PimsimError(f"unknown scheduler {scheduler!r} (known: {', '.join(SCHEDULERS)})")
+        #: "listed" (default) or "simpy": the same schedule, from a time-ordered event list
+        #: or from SimPy processes (tests require identical results)
+        self.scheduler = scheduler
         self.env = simpy.Environment()
+        self._now = 0
         self.channels = [EngineState(spec.dram) for _ in range(spec.dram.channels)]
-        # a freed resource goes to the waiting node earliest in program order (op index)
-        self.channel_res = [simpy.PriorityResource(self.env, 1) for _ in range(spec.dram.channels)]
-        self.asic_res = simpy.PriorityResource(self.env, 1)
+        # a freed resource goes to the waiting node earliest in program order (op index);
+        # the channels' arbiters, then the ASIC's
+        self._arbiters = [_Arbiter(self.env) for _ in range(spec.dram.channels + 1)]
         self.keep_timeline = keep_timeline
         self.keep_logs = keep_logs
         self.logs: list[list] = [[] for _ in range(spec.dram.channels)]
@@ -123,49 +131,132 @@ class SystemSimulator:
         self._memo: dict = {}
         ct = self.channels[0].ct
         self._refresh_on = bool(ct.refresh)
+        #: all-bank refreshes held back while kernels stream, issued before the channel's
+        #: next kernel; the engine forces one only when more would be outstanding
+        self.postpone = spec.dram.refresh_postpone if ct.refresh == 1 else 0
+        self.pull_in = spec.dram.refresh_pull_in if self.postpone else 0
+        if self.postpone:
+            for st in self.channels:
+                st.arrays[-1][1] += self.postpone * ct.refresh_interval
+        t = spec.dram.timing
+        self._blocks = {CMD_ID["REFab"]: t.get("nRFCab", 0), CMD_ID["PREA"]: t.get("nRP", 0)}
         self._in_window = (ct.win_from.any(axis=0) | ct.win_to.any(axis=0)).astype(bool)
 
-    # ------------------------------------------------------------------ processes
-    def _kernel(self, item, stats: StepStats):
+    # ------------------------------------------------------------------ node work
+    def _start_kernel(self, item, stats: StepStats, start: int) -> tuple[int, int]:
+        """Issue a kernel granted its channel at ``start`` (ps): postponed refreshes first,
+        then its commands. Returns when the channel falls free and when its results are
+        ready (ps)."""
         c = item.channel
-        with self.channel_res[c].request(priority=_priority(item)) as req:
-            yield req
-            start = self.env.now
-            stream = item.commands(self.spec)
-            if len(stream) == 0:
-                return start, start
-            not_before = -(-start // self.tck)
-            run = self._issue_kernel(c, stream, not_before)
-            last = self.channels[c].last_cycle
-            issue_end = (last + 1) * self.tck
-            done = (last + run.tail) * self.tck
-            for k, v in run.counts.items():
-                if v:
-                    stats.counts[k] = stats.counts.get(k, 0) + v
-            stats.refresh_stall_cycles += run.stall
-            for k, v in run.classes.items():
-                stats.channel_cycles[k] = stats.channel_cycles.get(k, 0) + v
-            if self.keep_logs:
-                self.logs[c].append(run.log(stream))
-            yield self.env.timeout(max(issue_end - self.env.now, 0))
-        # the channel is free; the results arrive when the last read's data is back
-        if done > self.env.now:
-            yield self.env.timeout(done - self.env.now)
+        stream = item.commands(self.spec)
+        if len(stream) == 0:
+            return start, start
+        not_before = -(-start // self.tck)
+        prev0 = self.channels[c].last_cycle
+        flushed = (issue_postponed_refresh(self.channels[c], not_before, self.postpone,
+                                           self.pull_in)
+                   if self.postpone else None)
+        run = self._issue_kernel(c, stream, not_before)
+        if flushed is not None:
+            self._account_flush(c, flushed, run, not_before, prev0, stats)
+        last = self.channels[c].last_cycle
+        free = max((last + 1) * self.tck, start)
+        done = (last + run.tail) * self.tck
+        for k, v in run.counts.items():
+            if v:
+                stats.counts[k] = stats.counts.get(k, 0) + v
+        stats.refresh_stall_cycles += run.stall
+        for k, v in run.classes.items():
+            stats.channel_cycles[k] = stats.channel_cycles.get(k, 0) + v
+        if self.keep_logs:
+            self.logs[c].append(run.log(stream))
+        # the channel is free after the last issue; the results arrive when the last
+        # read's data is back
+        return free, max(done, free)
+
+    def _start_asic(self, item, stats: StepStats) -> int:
+        """An ASIC operator's work and its duration (ps)."""
+        cost = op_cost(self.spec.asic, item.kind, item.elements, getattr(item, "detail", None))
+        for k in ("adds", "muls", "int_ops", "sram_read_bytes", "sram_write_bytes"):
+            stats.asic[k] = stats.asic.get(k, 0) + getattr(cost, k)
+        stats.asic["cycles"] = stats.asic.get("cycles", 0) + cost.cycles
+        return int(math.ceil(cost.cycles * self.asic_ps))
+
+    # ------------------------------------------------------------------ SimPy processes
+    def _kernel(self, item, stats: StepStats, key: tuple):
+        arbiter = self._arbiters[item.channel]
+        yield arbiter.request(key)
+        start = self.env.now
+        free, end = self._start_kernel(item, stats, start)
+        if free > start:
+            yield self.env.timeout(free - start)
+        arbiter.release()
+        if end > self.env.now:
+            yield self.env.timeout(end - self.env.now)
         return start, self.env.now
+
+    def _asic(self, item, stats: StepStats, key: tuple):
+        arbiter = self._arbiters[-1]
+        yield arbiter.request(key)
+        start = self.env.now
+        yield self.env.timeout(self._start_asic(item, stats))
+        arbiter.release()
+        return start, self.env.now
+
+    def _node(self, node: "_Node", procs: list, stats: StepStats, times: dict):
+        if node.producers:
+            events = [procs[i] for i in node.producers]
+            if node.start_delay:
+                events.append(self.env.timeout(node.start_delay))
+            yield simpy.AllOf(self.env, events)
+        elif node.start_delay:
+            yield self.env.timeout(node.start_delay)
+        via, delay, ready = _arrival(node, times, stats.start_ps)
+        if ready > self.env.now:
+            yield self.env.timeout(ready - self.env.now)
+        key = (_priority(node.item), ready, node.index)
+        if node.kind == KERNEL:
+            start, end = yield from self._kernel(node.item, stats, key)
+        else:
+            start, end = yield from self._asic(node.item, stats, key)
+        _finish(node, ready, start, end, via, delay, stats, times)
+
+    def _account_flush(self, c, flushed, run, not_before: int, prev0: int, stats: StepStats) -> None:
+        """Counts, channel cycles and stall of the postponed refreshes issued before a kernel.
+
+        Each command's cycles run to the next command, at most for as long as it blocks the
+        channel (nRFCab, nRP); the stall is how far the last refresh pushes the kernel's
+        start past its release."""
+        cycles, fs = flushed
+        first = int(run.cycles[0]) if run.result is None else int(run.result.cycles[0])
+        if run.result is not None and run.result.inserted["cycle"].size:
+            first = min(first, int(run.result.inserted["cycle"][0]))
+        nxt = np.append(cycles[1:], first)
+        for cmd, t, t2 in zip(fs.cmd.tolist(), cycles.tolist(), nxt.tolist()):
+            name = COMMANDS[cmd]
+            stats.counts[name] = stats.counts.get(name, 0) + 1
+            cls = COMMAND_CLASS[name]
+            stats.channel_cycles[cls] = stats.channel_cycles.get(cls, 0) + min(t2 - t, self._blocks[cmd])
+        end = int(cycles[-1]) + self._blocks[int(fs.cmd[-1])]
+        stats.refresh_stall_cycles += max(0, end - max(not_before, prev0 + 1))
+        if self.keep_logs:
+            self.logs[c].append((cycles, fs))
 
     def _issue_kernel(self, c: int, stream, not_before: int) -> "_KernelRun":
         """Issue one kernel on channel ``c``, or replay a stored identical run.
 
         A run is stored when no refresh fell due during it. Its outcome depends on the
-        channel state only relative to its first possible cycle ``base`` (the later of the
-        release and the cycle after the last issue): timing limits at or before ``base``
+        channel state only relative to its first possible cycle ``base`` (the latest of the
+        release, the cycle after the last issue and the least channel-wide limit, which
+        binds every command): timing limits at or before ``base``
         bind nothing, rows compare by equality. The same command arrays issued later from
         the same relative state, with the next refresh due after the stored run's last
         command, therefore issue at the stored cycles shifted by the new ``base``; the
         engine's refresh logic only acts on commands at or after the due cycle."""
         st = self.channels[c]
         nx, ring, wcount, whead, open_row, reopen, sc = st.arrays
-        base = max(not_before, int(sc[0]) + 1)
+        # no command can issue before base: nx[0] holds limits that bind every command
+        base = max(not_before, int(sc[0]) + 1, int(nx[0].min()))
         key = entry = slot = None
         if self.memo:
             slot = self._memo.get(id(stream.cmd))
@@ -217,40 +308,6 @@ class SystemSimulator:
         in a window rule are replayed."""
         return not self._in_window[stream.cmd].any()
 
-    def _asic(self, item, stats: StepStats):
-        cost = op_cost(self.spec.asic, item.kind, item.elements, getattr(item, "detail", None))
-        with self.asic_res.request(priority=_priority(item)) as req:
-            yield req
-            start = self.env.now
-            yield self.env.timeout(int(math.ceil(cost.cycles * self.asic_ps)))
-        for k in ("adds", "muls", "int_ops", "sram_read_bytes", "sram_write_bytes"):
-            stats.asic[k] = stats.asic.get(k, 0) + getattr(cost, k)
-        stats.asic["cycles"] = stats.asic.get("cycles", 0) + cost.cycles
-        return start, self.env.now
-
-    def _node(self, name, item, kind, deps, stats: StepStats, category: str, times: dict):
-        # deps: (process, predecessor name, link delay in ps) per data dependency
-        if deps:
-            yield simpy.AllOf(self.env, list(dict.fromkeys(d[0] for d in deps)))
-        # the input that arrived last (ties: the larger name) is the one the node waited for
-        via, delay, last = None, 0, None
-        for _, pred, lat in deps:
-            arrive = times[pred][2] + lat
-            if last is None or arrive > last or (arrive == last and pred > via):
-                last, via, delay = arrive, pred, lat
-        ready = self.env.now if last is None else max(self.env.now, last)
-        if ready > self.env.now:
-            yield self.env.timeout(ready - self.env.now)
-        if kind == KERNEL:
-            start, end = yield from self._kernel(item, stats)
-        else:
-            start, end = yield from self._asic(item, stats)
-        stats.busy_ps[category] = stats.busy_ps.get(category, 0) + (end - start)
-        times[name] = (ready, start, end, category, via, delay)
-        if stats.timeline is not None:
-            ch = getattr(item, "channel", -1)
-            stats.timeline.append((name, category, ch, start, end))
-
     # ------------------------------------------------------------------ public
     def run_step(self, program) -> StepStats:
         """Run one program from the current time; returns its stats.
@@ -258,14 +315,38 @@ class SystemSimulator:
         Transfers hold no resource, so they are not processes of their own: a node whose
         input comes through a transfer waits the link latency after its producer finished
         (exactly what a transfer process would give), which halves the events per step."""
+        nodes, transfers, stats = self._prepare(program)
+        times: dict = {}
+        if self.scheduler == "simpy":
+            procs: list = []
+            for node in nodes:
+                procs.append(self.env.process(self._node(node, procs, stats, times)))
+            self.env.run()
+            self._now = self.env.now
+        else:
+            self._run_listed(nodes, stats, times)
+        stats.end_ps = self._now
+        stats.critical_ps = _critical_path(times, stats.start_ps, stats.end_ps)
+        if stats.timeline is not None:
+            for name, item, preds in transfers:
+                ends = [times[p][2] for p in preds if p in times]
+                t0 = max(ends, default=stats.start_ps)
+                stats.timeline.append((name, TRANSFER, item.channel, t0, t0 + self.link_latency_ps))
+            stats.timeline.sort(key=lambda e: (e[3], e[4], e[0]))
+        return stats
+
+    def _prepare(self, program):
+        """The step's non-transfer nodes in topological order with their producers (behind
+        transfers, with the accumulated link latency), and its transfers."""
         import networkx as nx
 
         g = program.graph
-        stats = StepStats(start_ps=self.env.now, end_ps=self.env.now,
+        stats = StepStats(start_ps=self._now, end_ps=self._now,
                           timeline=[] if self.keep_timeline else None)
-        procs = {}
-        times: dict = {}
         kinds = {n: node_kind(g.nodes[n]["item"]) for n in g.nodes}
+        index: dict[str, int] = {}
+        nodes: list[_Node] = []
+        transfers = []
 
         def sources(name, lat, out):
             """(producer, accumulated link delay) behind a predecessor."""
@@ -283,29 +364,83 @@ class SystemSimulator:
             if kind == TRANSFER:
                 d = item.direction
                 stats.transfer_bytes[d] = stats.transfer_bytes.get(d, 0) + item.bytes
+                if stats.timeline is not None:
+                    transfers.append((name, item, list(g.predecessors(name))))
                 continue
-            category = getattr(item, "what", None) if kind == KERNEL else kind
             found: list = []
             for p in g.predecessors(name):
                 sources(p, 0, found)
-            start_delay = max((lat for p, lat in found if p is None), default=0)
-            deps = [(procs[p], p, lat) for p, lat in found if p is not None]
-            if start_delay:
-                deps.append((self.env.timeout(start_delay), "", 0))
-            procs[name] = self.env.process(self._node(name, item, kind, deps, stats, category, times))
-        times[""] = (stats.start_ps, stats.start_ps, stats.start_ps, "wait", None, 0)
-        self.env.run()
-        stats.end_ps = self.env.now
-        del times[""]
-        stats.critical_ps = _critical_path(times, stats.start_ps, stats.end_ps)
-        if stats.timeline is not None:
-            for name in g.nodes:
-                if kinds[name] == TRANSFER:
-                    ends = [times[p][2] for p in g.predecessors(name) if p in times]
-                    t0 = max(ends, default=stats.start_ps)
-                    it = g.nodes[name]["item"]
-                    stats.timeline.append((name, TRANSFER, it.channel, t0, t0 + self.link_latency_ps))
-        return stats
+            inputs = tuple((p, lat) for p, lat in found if p is not None)
+            index[name] = i = len(nodes)
+            nodes.append(_Node(
+                index=i, name=name, item=item, kind=kind,
+                category=getattr(item, "what", None) if kind == KERNEL else kind,
+                inputs=inputs,
+                producers=tuple(dict.fromkeys(index[p] for p, _ in inputs)),
+                start_delay=max((lat for p, lat in found if p is None), default=0),
+                resource=item.channel if kind == KERNEL else len(self.channels)))
+        return nodes, transfers, stats
+
+    def _run_listed(self, nodes: list, stats: StepStats, times: dict) -> None:
+        """The same schedule as the SimPy processes, from a time-ordered list of events:
+        at each instant, every completion, release and arrival at that instant is taken in
+        first, then each free resource goes to its waiting node with the least (operator
+        index, ready time, program position), as the SimPy arbiters do at the end of an
+        instant; work that ends at the same instant starts another such round."""
+        t0 = stats.start_ps
+        n_res = len(self.channels) + 1
+        waiting: list[list] = [[] for _ in range(n_res)]
+        busy = [False] * n_res
+        left = [len(nd.producers) for nd in nodes]
+        users: list[list[int]] = [[] for _ in nodes]
+        for nd in nodes:
+            for i in nd.producers:
+                users[i].append(nd.index)
+        heap: list = []
+        seq = 0
+        READY, RELEASE, FINISH = 0, 1, 2
+        for nd in nodes:
+            if not nd.producers:
+                heap.append((t0 + nd.start_delay, seq, READY, nd.index))
+                seq += 1
+        heapq.heapify(heap)
+        started: dict[int, tuple] = {}
+        now = t0
+        while heap:
+            now = heap[0][0]
+            while heap and heap[0][0] == now:
+                _, _, what, x = heapq.heappop(heap)
+                if what == READY:
+                    nd = nodes[x]
+                    heapq.heappush(waiting[nd.resource], ((_priority(nd.item), now, x), x))
+                elif what == RELEASE:
+                    busy[x] = False
+                else:
+                    nd = nodes[x]
+                    ready, start, via, delay = started.pop(x)
+                    _finish(nd, ready, start, now, via, delay, stats, times)
+                    for u in users[x]:
+                        left[u] -= 1
+                        if left[u] == 0:
+                            _, _, r = _arrival(nodes[u], times, t0)
+                            heapq.heappush(heap, (max(r, now), seq, READY, u))
+                            seq += 1
+            for r in range(n_res):
+                if busy[r] or not waiting[r]:
+                    continue
+                (_, ready, _), x = heapq.heappop(waiting[r])
+                nd = nodes[x]
+                busy[r] = True
+                via, delay, _ = _arrival(nd, times, t0)
+                if nd.kind == KERNEL:
+                    free, end = self._start_kernel(nd.item, stats, now)
+                else:
+                    free = end = now + self._start_asic(nd.item, stats)
+                started[x] = (ready, now, via, delay)
+                heapq.heappush(heap, (free, seq, RELEASE, r))
+                heapq.heappush(heap, (end, seq + 1, FINISH, x))
+                seq += 2
+        self._now = now
 
     def check_logs(self) -> list:
         """Protocol-check every channel's full command log (needs ``keep_logs``)."""
@@ -320,6 +455,95 @@ class SystemSimulator:
                       for f in ("cmd", "bg", "ba", "row", "col")}
             out += [(c, v) for v in check(self.dram, cycles, CommandStream(**fields))]
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class _Node:
+    """One non-transfer node of a step: its producers (by position) and inputs (producer
+    name, link latency), the link latency from the step start (inputs from outside), and
+    the resource it takes (a channel, or the ASIC after the channels)."""
+
+    index: int
+    name: str
+    item: object
+    kind: str
+    category: str
+    inputs: tuple
+    producers: tuple
+    start_delay: int
+    resource: int
+
+
+def _arrival(node: _Node, times: dict, step_start: int) -> tuple:
+    """(the input the node waited for, its link delay, ready time): the input that arrived
+    last, ties to the larger name; inputs from outside the step arrive at the step start
+    plus their link latency."""
+    via, delay, last = None, 0, None
+    if node.start_delay:
+        via, last = "", step_start
+    for pred, lat in node.inputs:
+        arrive = times[pred][2] + lat
+        if last is None or arrive > last or (arrive == last and pred > via):
+            last, via, delay = arrive, pred, lat
+    ready = step_start + node.start_delay
+    if last is not None and last > ready:
+        ready = last
+    return via, delay, ready
+
+
+def _finish(node: _Node, ready: int, start: int, end: int, via, delay: int, stats: StepStats,
+            times: dict) -> None:
+    stats.busy_ps[node.category] = stats.busy_ps.get(node.category, 0) + (end - start)
+    times[node.name] = (ready, start, end, node.category, via, delay)
+    if stats.timeline is not None:
+        stats.timeline.append((node.name, node.category, getattr(node.item, "channel", -1), start, end))
+
+
+class _EndOfInstant(simpy.events.Event):
+    """An event processed after every other event of its instant (SimPy processes events
+    of one instant by priority; URGENT and NORMAL are 0 and 1), scheduled the way
+    ``simpy.Timeout`` schedules itself."""
+
+    def __init__(self, env: simpy.Environment, callback):
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        self.callbacks.append(callback)
+        env.schedule(self, priority=2)
+
+
+class _Arbiter:
+    """One resource unit (a channel or the ASIC). Requests made during an instant are
+    collected; at the end of the instant the free unit goes to the least request key
+    (operator index, ready time, program position), so the grant does not depend on the
+    order in which SimPy happens to process the events of one instant."""
+
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self.busy = False
+        self.waiting: list = []
+        self._pending = False
+
+    def request(self, key: tuple) -> simpy.Event:
+        event = self.env.event()
+        heapq.heappush(self.waiting, (key, id(event), event))
+        self._schedule()
+        return event
+
+    def release(self) -> None:
+        self.busy = False
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._pending and not self.busy and self.waiting:
+            self._pending = True
+            _EndOfInstant(self.env, self._grant)
+
+    def _grant(self, _event) -> None:
+        self._pending = False
+        if not self.busy and self.waiting:
+            self.busy = True
+            heapq.heappop(self.waiting)[2].succeed()
 
 
 @dataclass

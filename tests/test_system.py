@@ -16,10 +16,10 @@ pytestmark = pytest.mark.e2e
 TRACE = workloads.load_bundled("gpt2-small")
 
 
-def _run(overrides=(), steps=(33, 34), **kw):
+def _run(overrides=(), steps=(33, 34), trace=TRACE, **kw):
     spec = load_preset("pim-gpt", list(overrides))
     sim = SystemSimulator(spec, **kw)
-    mapping = mappings.map(TRACE, spec)
+    mapping = mappings.map(trace, spec, max_context=64)
     return sim, [sim.run_step(mapping.program(kv_len=k)) for k in steps]
 
 
@@ -59,7 +59,9 @@ def test_needs_an_asic_section():
         SystemSimulator(load_preset("gddr6-aim"))
 
 
-@pytest.mark.parametrize("overrides", [(), ("refresh.policy=off",)], ids=["refresh", "no-refresh"])
+@pytest.mark.parametrize("overrides", [(), ("refresh.postpone=0", "refresh.pull_in=0"),
+                                       ("refresh.policy=off",)],
+                         ids=["postponed-refresh", "refresh-when-due", "no-refresh"])
 def test_replayed_kernel_runs_equal_the_full_run(overrides):
     """Kernel runs replayed from the store give the same command log, cycle for cycle, and
     the same step statistics as issuing every kernel; the store is really used."""
@@ -80,6 +82,83 @@ def test_replayed_kernel_runs_equal_the_full_run(overrides):
                 assert np.array_equal(getattr(sa, f), getattr(sb, f))
     assert fast.check_logs() == []
 
+
+@pytest.mark.parametrize("model,overrides", [
+    ("gpt2-small", ()), ("gpt2-small", ("refresh.policy=off",)),
+    ("gpt2-small", ("refresh.postpone=0", "refresh.pull_in=0", "asic.clock_MHz=100")),
+    ("smollm2-135m", ("organization.channels=4",)),
+], ids=["postponed-refresh", "no-refresh", "refresh-when-due-slow-asic", "gqa-4-channels"])
+def test_listed_schedule_equals_the_simpy_processes(model, overrides):
+    """The default scheduler (a time-ordered event list) gives the SimPy processes' schedule
+    exactly: step statistics, timelines and every channel's command log."""
+    import dataclasses
+
+    import numpy as np
+
+    trace = workloads.load_bundled(model)
+    steps = (33, 34, 35)
+    ref, ref_stats = _run(overrides, steps=steps, trace=trace, keep_logs=True,
+                          keep_timeline=True, scheduler="simpy")
+    out, out_stats = _run(overrides, steps=steps, trace=trace, keep_logs=True,
+                          keep_timeline=True)
+    assert out.scheduler == "listed"
+    assert [dataclasses.asdict(s) for s in out_stats] == [dataclasses.asdict(s) for s in ref_stats]
+    assert len({s.latency_ps for s in ref_stats}) > 1 or "refresh.policy=off" in overrides
+    for a, b in zip(ref.logs, out.logs):
+        assert len(a) == len(b) > 0
+        for (ca, sa), (cb, sb) in zip(a, b):
+            assert np.array_equal(ca, cb) and np.array_equal(sa.cmd, sb.cmd)
+            assert np.array_equal(sa.row, sb.row)
+
+
+def test_unknown_scheduler_is_refused():
+    with pytest.raises(PimsimError, match="unknown scheduler 'fast'"):
+        SystemSimulator(load_preset("pim-gpt"), scheduler="fast")
+
+
+def test_postponed_and_pulled_in_refresh_stay_in_the_jedec_window(base):
+    """With postponing (pim-gpt: 8) and pulling in (8), the refreshes issued on a channel
+    are never more than 8 ahead of the refreshes due, and fall behind by 9 only while the
+    one forced at that moment is being issued (as a refresh due without postponing is
+    issued when the row in flight closes); two REFab are at most 9 x nREFI apart. Both
+    really happen."""
+    import numpy as np
+
+    from pimsim.standard import CMD_ID
+
+    sim, _ = base
+    spec = sim.spec.dram
+    assert (spec.refresh_postpone, spec.refresh_pull_in) == (8, 8)
+    interval = spec.timing["nREFI"]
+    first_due = interval - spec.refresh_phase_cycles % interval
+    ahead = behind = 0
+    for parts in sim.logs:
+        cycles = np.concatenate([p[0] for p in parts])
+        cmd = np.concatenate([p[1].cmd for p in parts])
+        ref = np.sort(cycles[cmd == CMD_ID["REFab"]])
+        assert ref.size > 20
+        # due(t): refreshes due at or before t; issued(t): REFab at or before t
+        due_at_ref = (ref - first_due) // interval + 1
+        issued_at_ref = np.arange(1, ref.size + 1)
+        assert (issued_at_ref - due_at_ref <= 8).all()
+        dues = first_due + interval * np.arange((int(cycles.max()) - first_due) // interval + 1)
+        issued_at_due = np.searchsorted(ref, dues, side="right")
+        assert (np.arange(1, dues.size + 1) - issued_at_due <= 9).all()
+        ahead = max(ahead, int((issued_at_ref - due_at_ref).max()))
+        behind = max(behind, int((np.arange(1, dues.size + 1) - issued_at_due).max()))
+        assert np.diff(ref).max() <= 9 * interval
+    assert ahead >= 1 and behind >= 8
+
+
+def test_postponing_refresh_to_kernel_boundaries_is_faster():
+    """Refreshes held back to kernel boundaries cost no precharge and re-activation inside
+    the MAC stream: the step is faster than refreshing as soon as one falls due, and slower
+    than no refresh at all."""
+    when_due = _run(["refresh.postpone=0", "refresh.pull_in=0"], steps=(33,))[1][0]
+    postponed = _run([], steps=(33,))[1][0]
+    off = _run(["refresh.policy=off"], steps=(33,))[1][0]
+    assert off.latency_ps < postponed.latency_ps < when_due.latency_ps
+    assert postponed.refresh_stall_cycles < when_due.refresh_stall_cycles
 
 
 @pytest.mark.slow
