@@ -85,3 +85,42 @@ def test_bad_blocks():
         issue_repeated(spec, tmod_last, [0, 1])
     with pytest.raises(PimsimError, match=r"rows .*16384.* out of range"):
         issue_repeated(spec, MAC_ROW, [0, 16384])
+
+
+def test_postponed_refresh_is_issued_before_the_next_kernel_and_pulled_into_idle_time():
+    """Refreshes held back while a kernel streams are issued before the next one, each no
+    earlier than its due cycle; then refreshes not yet due fill the idle time before the
+    release, nRFCab apart, at most 8 ahead of their due cycles; the whole log is clean."""
+    from pimsim.engine import check, issue_postponed_refresh, merge_log
+    from pimsim.standard import CMD_ID
+
+    spec = load_preset("pim-gpt").dram
+    interval, rfc = spec.timing["nREFI"], spec.timing["nRFCab"]
+    state = EngineState(spec)
+    state.arrays[-1][1] += 8 * interval            # the controller may hold back 8
+    kernel = mac_rows(40, 64)                       # ~40 x 226 cycles: a few refreshes due
+    res = issue(spec, kernel, state=state)
+    assert res.counts["REFab"] == 0                 # none forced inside the kernel
+    last = state.last_cycle
+    owed = (last - interval) // interval + 1
+    assert owed >= 2
+    # the next kernel is released right away: only the held-back refreshes (after a PREA,
+    # as the stream leaves its last row open)
+    cycles, stream = issue_postponed_refresh(state, last + 1, 8, 8)
+    assert stream.cmd.tolist() == [CMD_ID["PREA"]] + [CMD_ID["REFab"]] * owed
+    refs = cycles[1:]
+    assert cycles[0] > last and (refs >= interval * np.arange(1, owed + 1)).all()
+    assert (np.diff(refs) >= rfc).all()
+    # a long idle gap: the refresh due inside it at its due cycle, then as many pulled in
+    # as fit, nRFCab apart, until 8 stand ahead of their due cycles
+    gap_end = int(cycles[-1]) + 20 * rfc
+    pulled, ps = issue_postponed_refresh(state, gap_end, 8, 8)
+    assert (ps.cmd == CMD_ID["REFab"]).all()
+    assert pulled[0] == (owed + 1) * interval and (np.diff(pulled) == rfc).all()
+    assert pulled[-1] + rfc <= gap_end
+    ahead = np.arange(owed + 1, owed + 1 + pulled.size) - ((pulled - interval) // interval + 1)
+    assert ahead.max() == 8 and (ahead <= 8).all()
+    assert issue_postponed_refresh(state, gap_end, 8, 8) is None   # nothing more fits
+    log_c, log_s = merge_log(kernel, res)
+    full = CommandStream(*(np.r_[getattr(log_s, f), getattr(stream, f), getattr(ps, f)] for f in FIELDS))
+    assert check(spec, np.r_[log_c, cycles, pulled], full) == []
