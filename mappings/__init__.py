@@ -12,7 +12,7 @@ See docs/mapping.md for the layouts and their reasons.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mappings.placement import CapacityError, MappingError, Placement, model_context, place
 from mappings.program import AccessKernel, AsicOp, MacKernel, Program, Transfer
@@ -42,6 +42,9 @@ class Mapping:
     spec: object
     strategy: Strategy
     placement: Placement
+    #: program items that do not depend on the step (weight kernels, parameter reads),
+    #: shared by every program built from this mapping; nothing writes to them
+    items: dict = field(default_factory=dict, repr=False)
 
     def program(self, kv_len: int, token: int = 0) -> Program:
         """The decode step that runs with ``kv_len`` K/V positions after its append

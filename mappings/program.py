@@ -525,38 +525,56 @@ class AccessKernel:
     def commands(self, spec=None):
         """Per (bank, row) run: ACT, RD/WR per access, PRE. Given the system ``spec``, the
         runs are spread over the banks and software-pipelined
-        (:func:`mappings.access_order.pipelined_order`); without it, run after run."""
-        from pimsim.engine import CommandStream
-
-        C = CMD_ID
-        n = self.bank.size
-        first = np.zeros(n, dtype=np.int64)
-        first[self._runs] = 1
-        last = np.zeros(n, dtype=np.int64)
-        last[np.r_[self._runs[1:] - 1, n - 1] if n else []] = 1
-        length = first + 1 + last
-        off = np.cumsum(length) - length
-        total = int(length.sum())
-        bg = np.repeat(self.bank // self.banks_per_bankgroup, length)
-        ba = np.repeat(self.bank % self.banks_per_bankgroup, length)
-        rows = np.full(total, -1, dtype=np.int64)
-        cols = np.full(total, -1, dtype=np.int64)
-        cmd = np.full(total, C["RD" if self.what == "read" else "WR"], dtype=np.int64)
-        a = off[first == 1]
-        cmd[a] = C["ACT"]
-        rows[a] = self.row[first == 1]
-        x = off + first
-        rows[x] = self.row
-        cols[x] = self.col
-        cmd[(x + 1)[last == 1]] = C["PRE"]
-        bg, ba = bg.astype(np.int64), ba.astype(np.int64)
+        (:func:`mappings.access_order.pipelined_order`); without it, run after run. The
+        stream is shared by every kernel with the same accesses (parameter reads are the
+        same from token to token); nothing writes to it."""
+        lag = None
         if spec is not None and self._runs.size > 1:
-            runs = self._runs
-            d_col, d_pre = lags(spec.dram.timing, self.what == "write")
-            perm = pipelined_order(self.bank[runs], np.diff(np.r_[runs, n]),
-                                   int(self.bank.max()) + 1, d_col, d_pre)
-            cmd, bg, ba, rows, cols = cmd[perm], bg[perm], ba[perm], rows[perm], cols[perm]
-        return CommandStream(cmd, bg, ba, rows, cols, source=self.name)
+            lag = lags(spec.dram.timing, self.what == "write")
+        b, r, c = (np.ascontiguousarray(a, dtype=np.int64).tobytes()
+                   for a in (self.bank, self.row, self.col))
+        return _access_stream(self.name, self.what, self.banks_per_bankgroup, lag, b, r, c)
+
+
+@functools.lru_cache(maxsize=4096)
+def _access_stream(name: str, what: str, bpg: int, lag, bank_b: bytes, row_b: bytes,
+                   col_b: bytes):
+    from pimsim.engine import CommandStream
+
+    bank, row, col = (np.frombuffer(b, dtype=np.int64) for b in (bank_b, row_b, col_b))
+    C = CMD_ID
+    n = bank.size
+    if n:
+        change = (np.diff(bank) != 0) | (np.diff(row) != 0)
+        runs = np.r_[0, np.flatnonzero(change) + 1]
+    else:
+        runs = np.zeros(0, dtype=np.int64)
+    first = np.zeros(n, dtype=np.int64)
+    first[runs] = 1
+    last = np.zeros(n, dtype=np.int64)
+    last[np.r_[runs[1:] - 1, n - 1] if n else []] = 1
+    length = first + 1 + last
+    off = np.cumsum(length) - length
+    total = int(length.sum())
+    bg = np.repeat(bank // bpg, length)
+    ba = np.repeat(bank % bpg, length)
+    rows = np.full(total, -1, dtype=np.int64)
+    cols = np.full(total, -1, dtype=np.int64)
+    cmd = np.full(total, C["RD" if what == "read" else "WR"], dtype=np.int64)
+    a = off[first == 1]
+    cmd[a] = C["ACT"]
+    rows[a] = row[first == 1]
+    x = off + first
+    rows[x] = row
+    cols[x] = col
+    cmd[(x + 1)[last == 1]] = C["PRE"]
+    bg, ba = bg.astype(np.int64), ba.astype(np.int64)
+    if lag is not None:
+        d_col, d_pre = lag
+        perm = pipelined_order(bank[runs], np.diff(np.r_[runs, n]), int(bank.max()) + 1,
+                               d_col, d_pre)
+        cmd, bg, ba, rows, cols = cmd[perm], bg[perm], ba[perm], rows[perm], cols[perm]
+    return CommandStream(cmd, bg, ba, rows, cols, source=name)
 
 
 @dataclass(eq=False)
@@ -688,11 +706,18 @@ class _Builder:
     # -- helpers ------------------------------------------------------------------------
     def read_dense(self, op, tensor: str, first: int, count: int) -> list[str]:
         out = []
-        for ch, bank, row, col in self.pl.dense_columns(tensor, first, count):
-            order = np.lexsort((col, row, bank))
-            k = AccessKernel(f"{op.index}:{tensor}:ch{ch}:read", ch, "read", bank[order],
-                             row[order], col[order], np.full(order.size, -1, dtype=np.int64),
-                             self.g.banks_per_bankgroup, op.index, tensor)
+        key = ("read", op.index, tensor, first, count)
+        kernels = self.m.items.get(key)
+        if kernels is None:
+            kernels = self.m.items[key] = []
+            for ch, bank, row, col in self.pl.dense_columns(tensor, first, count):
+                order = np.lexsort((col, row, bank))
+                kernels.append(AccessKernel(
+                    f"{op.index}:{tensor}:ch{ch}:read", ch, "read", bank[order], row[order],
+                    col[order], np.full(order.size, -1, dtype=np.int64),
+                    self.g.banks_per_bankgroup, op.index, tensor))
+        for k in kernels:
+            ch = k.channel
             kn = self.add(k.name, k)
             t = Transfer(f"{k.name}:to_asic", "to_asic", ch, k.counts["RD"] * self.g.column_bytes,
                          op.index)
@@ -709,8 +734,13 @@ class _Builder:
     def mac(self, op, region: Region, part: ChannelPart, passes: tuple[MacPass, ...], what: str,
             repeats: int, deps: list[str], out_limit=None) -> tuple[str, MacKernel]:
         tag = f"{op.index}:{region.name}:ch{part.channel}"
-        k = MacKernel(f"{tag}:{what}", part.channel, what, region, part, passes, repeats, op.index,
-                      out_limit, self.g.result_registers, self.g.gb_reuse)
+        key = ("mac", tag, what, passes, repeats, out_limit)
+        k = self.m.items.get(key)
+        if k is None or k.passes is not passes:
+            k = MacKernel(f"{tag}:{what}", part.channel, what, region, part, passes, repeats,
+                          op.index, out_limit, self.g.result_registers, self.g.gb_reuse)
+            if what == "linear":          # the same every step
+                self.m.items[key] = k
         cb = self.g.column_bytes
         tin = self.add(f"{tag}:to_pim", Transfer(f"{tag}:to_pim", "to_pim", part.channel,
                                                   k.counts["WRGB"] * cb, op.index), deps)

@@ -228,10 +228,7 @@ class SystemSimulator:
         channel (nRFCab, nRP); the stall is how far the last refresh pushes the kernel's
         start past its release."""
         cycles, fs = flushed
-        first = int(run.cycles[0]) if run.result is None else int(run.result.cycles[0])
-        if run.result is not None and run.result.inserted["cycle"].size:
-            first = min(first, int(run.result.inserted["cycle"][0]))
-        nxt = np.append(cycles[1:], first)
+        nxt = np.append(cycles[1:], run.first_cycle)
         for cmd, t, t2 in zip(fs.cmd.tolist(), cycles.tolist(), nxt.tolist()):
             name = COMMANDS[cmd]
             stats.counts[name] = stats.counts.get(name, 0) + 1
@@ -556,12 +553,22 @@ class _KernelRun:
     stall: int
     tail: int
     result: object = None     # IssueResult of an issued run
-    cycles: np.ndarray | None = None   # issue cycles of a replayed run
+    cycles_rel: np.ndarray | None = None   # a replayed run: issue cycles relative to base
+    base: int = 0
+
+    @property
+    def first_cycle(self) -> int:
+        """The first command's issue cycle (inserted commands included)."""
+        if self.result is None:
+            return int(self.cycles_rel[0]) + self.base
+        first = int(self.result.cycles[0])
+        ins = self.result.inserted["cycle"]
+        return min(first, int(ins[0])) if ins.size else first
 
     def log(self, stream):
         if self.result is not None:
             return merge_log(stream, self.result)
-        return self.cycles, stream
+        return self.cycles_rel + self.base, stream
 
 
 @dataclass
@@ -586,7 +593,7 @@ class _Stored:
 
     def shifted(self, base: int) -> _KernelRun:
         r = self.run
-        return _KernelRun(r.counts, r.classes, 0, r.tail, None, self.cycles_rel + base)
+        return _KernelRun(r.counts, r.classes, 0, r.tail, None, self.cycles_rel, base)
 
 
 @njit(cache=True)

@@ -105,7 +105,8 @@ class EngineState:
 
     def _snapshot(self):
         import copy
-        return tuple(a.copy() for a in self.arrays), copy.deepcopy(self.history)
+        history = None if self.history is None else copy.deepcopy(self.history)
+        return tuple(a.copy() for a in self.arrays), history
 
     def _restore(self, snap) -> None:
         self.arrays, self.history = snap
@@ -239,12 +240,18 @@ def issue_postponed_refresh(state: EngineState, until: int, postpone: int, pull_
 
 
 def _issue_plain(state: EngineState, cmd: np.ndarray, release: np.ndarray) -> np.ndarray:
-    """Issue channel-wide commands on the state with the refresh logic off; their cycles."""
-    from pimsim.engine.kernel import run_channel
+    """Issue PREA/REFab commands on the state, each at the earliest legal cycle and no
+    earlier than its release, with the refresh logic off; their cycles."""
+    from pimsim.engine.kernel import issue_channel_wide, run_channel
 
     ct = state.ct
-    neg = np.full(cmd.size, -1, dtype=np.int64)
     cycles = np.zeros(cmd.size, dtype=np.int64)
+    nx, ring, wcount, whead, open_row, reopen, sc = state.arrays
+    if ct.addr_all[cmd].all() and not (ct.win_from[:, cmd].any() or ct.win_to[:, cmd].any()):
+        issue_channel_wide(cmd, release, ct.all_ptr, ct.all_to, ct.all_lat, nx, open_row,
+                           reopen, sc, cycles)
+        return cycles
+    neg = np.full(cmd.size, -1, dtype=np.int64)
     counts = np.zeros(N_COMMANDS, dtype=np.int64)
     ins = [np.zeros(1, dtype=np.int64) for _ in range(6)]
     status, _, _ = run_channel(*ct.kernel_args(), cmd, neg, neg, neg, release, 0,

@@ -157,6 +157,31 @@ def new_state(n_bg, n_banks, win_size, first_due):
 
 
 @njit(cache=True)
+def issue_channel_wide(cmd, release, all_ptr, all_to, all_lat, nx, open_row, reopen, sc, cycles_out):
+    """Issue all-bank commands that close every bank (PREA, REFab) and feed no window,
+    each at the earliest legal cycle and no earlier than ``release``: what
+    :func:`run_channel` does for them with refresh off, without its general machinery."""
+    prev = sc[0]
+    for i in range(cmd.shape[0]):
+        c = cmd[i]
+        t = prev + 1
+        if nx[0, c] > t:
+            t = nx[0, c]
+        if nx[1, c] > t:
+            t = nx[1, c]
+        if release[i] > t:
+            t = release[i]
+        _apply_all(c, t, nx, all_ptr, all_to, all_lat)
+        for k in range(open_row.shape[0]):
+            open_row[k] = -1
+            reopen[k] = -1
+        cycles_out[i] = t
+        prev = t
+    sc[0] = prev
+    sc[3] = 0
+
+
+@njit(cache=True)
 def run_channel(n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat,
                 all_ptr, all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to,
                 tmod_lookahead, cmd, bg, ba, row, release, refresh, interval,
