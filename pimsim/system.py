@@ -228,13 +228,14 @@ class SystemSimulator:
         channel (nRFCab, nRP); the stall is how far the last refresh pushes the kernel's
         start past its release."""
         cycles, fs = flushed
-        nxt = np.append(cycles[1:], run.first_cycle)
-        for cmd, t, t2 in zip(fs.cmd.tolist(), cycles.tolist(), nxt.tolist()):
+        cyc = cycles.tolist()
+        nxt = cyc[1:] + [run.first_cycle]
+        for cmd, t, t2 in zip(fs.cmd.tolist(), cyc, nxt):
             name = COMMANDS[cmd]
             stats.counts[name] = stats.counts.get(name, 0) + 1
             cls = COMMAND_CLASS[name]
             stats.channel_cycles[cls] = stats.channel_cycles.get(cls, 0) + min(t2 - t, self._blocks[cmd])
-        end = int(cycles[-1]) + self._blocks[int(fs.cmd[-1])]
+        end = cyc[-1] + self._blocks[int(fs.cmd[-1])]
         stats.refresh_stall_cycles += max(0, end - max(not_before, prev0 + 1))
         if self.keep_logs:
             self.logs[c].append((cycles, fs))

@@ -187,78 +187,41 @@ def issue_postponed_refresh(state: EngineState, until: int, postpone: int, pull_
 
     Returns ``(cycles, stream)`` of what it issued, or None.
     """
-    from pimsim.engine.compile import PREA, REFAB
+    from pimsim.engine.kernel import postponed_refresh
 
     ct = state.ct
     if ct.refresh != 1 or postpone <= 0:
         return None
     if state.backend != "numba":
         raise PimsimError("issue_postponed_refresh(): needs a numba-backend state")
-    nx, sc, open_row = state.arrays[0], state.arrays[-1], state.arrays[4]
+    if not _channel_wide_ok(ct):
+        raise PimsimError(f"{state.spec.name}: postponed refresh needs PREA and REFab free of "
+                          f"window rules")
+    nx, ring, wcount, whead, open_row, reopen, sc = state.arrays
     interval = ct.refresh_interval
     rfc = int(state.spec.timing.get("nRFCab", 0))
-    first = int(sc[1]) - postpone * interval
-    if until < first and (pull_in <= 0 or until - max(int(sc[0]) + 1, int(nx[0, REFAB]),
-                                                      int(nx[1, REFAB])) < rfc):
-        return None          # nothing due, and no room before the kernel for one more
-    parts: list[tuple[np.ndarray, np.ndarray]] = []
-    if until >= first:
-        k = (until - first) // interval + 1
-        pre = int((open_row >= 0).any())
-        cmd = np.full(k + pre, REFAB, dtype=np.int64)
-        release = first + interval * np.arange(-pre, k, dtype=np.int64)
-        if pre:
-            cmd[0] = PREA
-            release[0] = first
-        parts.append((cmd, _issue_plain(state, cmd, release)))
-        sc[1] += k * interval
-    if pull_in > 0 and not (open_row >= 0).any():
-        # pulled-in refreshes follow each other nRFCab apart (REFab blocks every command
-        # for nRFCab; the first one's other limits are already met)
-        t = max(int(sc[0]) + 1, int(nx[0, REFAB]), int(nx[1, REFAB]))
-        nxt = int(sc[1]) - postpone * interval      # due cycle of the next refresh, > until
-        m = 0
-        while m < pull_in and t + (m + 1) * rfc <= until and rfc > 0:
-            # refreshes standing issued ahead of their due cycle once the m-th is issued
-            if (nxt + m * interval - (t + m * rfc) - 1) // interval + 1 > pull_in:
-                break
-            m += 1
-        if m > 0:
-            cmd = np.full(m, REFAB, dtype=np.int64)
-            cyc = _issue_plain(state, cmd, np.zeros(m, dtype=np.int64))
-            if not np.array_equal(cyc, t + rfc * np.arange(m)):
-                raise PimsimError(f"{state.spec.name}: pulled-in refreshes issued at "
-                                  f"{cyc.tolist()}, expected every {rfc} cycles from {t}")
-            parts.append((cmd, cyc))
-            sc[1] += m * interval
-    if not parts:
+    owed = max(0, (until - (int(sc[1]) - postpone * interval)) // interval + 1)
+    cap = owed + 1 + max(pull_in, 0)
+    cmd = np.empty(cap, dtype=np.int64)
+    cycles = np.empty(cap, dtype=np.int64)
+    n = postponed_refresh(nx, open_row, reopen, sc, ct.all_ptr, ct.all_to, ct.all_lat, until,
+                          postpone, pull_in, interval, rfc, cmd, cycles)
+    if n < 0:
+        raise PimsimError(f"{state.spec.name}: a pulled-in refresh was not {rfc} cycles after "
+                          f"the one before it")
+    if n == 0:
         return None
-    cmd = np.concatenate([p[0] for p in parts])
-    neg = np.full(cmd.size, -1, dtype=np.int64)
-    return np.concatenate([p[1] for p in parts]), CommandStream(
-        cmd=cmd, bg=neg, ba=neg.copy(), row=neg.copy(), col=neg.copy(), source="refresh")
+    neg = np.full(n, -1, dtype=np.int64)
+    return cycles[:n], CommandStream(cmd=cmd[:n], bg=neg, ba=neg.copy(), row=neg.copy(),
+                                     col=neg.copy(), source="refresh")
 
 
-def _issue_plain(state: EngineState, cmd: np.ndarray, release: np.ndarray) -> np.ndarray:
-    """Issue PREA/REFab commands on the state, each at the earliest legal cycle and no
-    earlier than its release, with the refresh logic off; their cycles."""
-    from pimsim.engine.kernel import issue_channel_wide, run_channel
+@functools.lru_cache(maxsize=32)
+def _channel_wide_ok(ct: CompiledTiming) -> bool:
+    from pimsim.engine.compile import PREA, REFAB
 
-    ct = state.ct
-    cycles = np.zeros(cmd.size, dtype=np.int64)
-    nx, ring, wcount, whead, open_row, reopen, sc = state.arrays
-    if ct.addr_all[cmd].all() and not (ct.win_from[:, cmd].any() or ct.win_to[:, cmd].any()):
-        issue_channel_wide(cmd, release, ct.all_ptr, ct.all_to, ct.all_lat, nx, open_row,
-                           reopen, sc, cycles)
-        return cycles
-    neg = np.full(cmd.size, -1, dtype=np.int64)
-    counts = np.zeros(N_COMMANDS, dtype=np.int64)
-    ins = [np.zeros(1, dtype=np.int64) for _ in range(6)]
-    status, _, _ = run_channel(*ct.kernel_args(), cmd, neg, neg, neg, release, 0,
-                               ct.refresh_interval, *state.arrays, cycles, *ins, counts)
-    if status != 0:
-        raise _status_error(status, state.spec)
-    return cycles
+    c = [PREA, REFAB]
+    return bool(ct.addr_all[c].all() and not (ct.win_from[:, c].any() or ct.win_to[:, c].any()))
 
 
 @dataclass(frozen=True, eq=False)

@@ -157,28 +157,79 @@ def new_state(n_bg, n_banks, win_size, first_due):
 
 
 @njit(cache=True)
-def issue_channel_wide(cmd, release, all_ptr, all_to, all_lat, nx, open_row, reopen, sc, cycles_out):
-    """Issue all-bank commands that close every bank (PREA, REFab) and feed no window,
-    each at the earliest legal cycle and no earlier than ``release``: what
-    :func:`run_channel` does for them with refresh off, without its general machinery."""
-    prev = sc[0]
-    for i in range(cmd.shape[0]):
-        c = cmd[i]
-        t = prev + 1
-        if nx[0, c] > t:
-            t = nx[0, c]
-        if nx[1, c] > t:
-            t = nx[1, c]
-        if release[i] > t:
-            t = release[i]
-        _apply_all(c, t, nx, all_ptr, all_to, all_lat)
-        for k in range(open_row.shape[0]):
-            open_row[k] = -1
-            reopen[k] = -1
-        cycles_out[i] = t
-        prev = t
-    sc[0] = prev
+def _channel_wide(c, release, nx, open_row, reopen, sc, all_ptr, all_to, all_lat):
+    """Issue one all-bank PREA or REFab (no window rule) at the earliest legal cycle, no
+    earlier than ``release``; returns its cycle."""
+    t = sc[0] + 1
+    if nx[0, c] > t:
+        t = nx[0, c]
+    if nx[1, c] > t:
+        t = nx[1, c]
+    if release > t:
+        t = release
+    _apply_all(c, t, nx, all_ptr, all_to, all_lat)
+    for k in range(open_row.shape[0]):
+        open_row[k] = -1
+        reopen[k] = -1
+    sc[0] = t
     sc[3] = 0
+    return t
+
+
+@njit(cache=True)
+def postponed_refresh(nx, open_row, reopen, sc, all_ptr, all_to, all_lat, until, postpone,
+                      pull_in, interval, rfc, out_cmd, out_cycle):
+    """The refreshes a controller issues before a kernel released at ``until`` (see
+    :func:`pimsim.engine.issue_postponed_refresh`): the held-back ones due by then (PREA
+    first if a bank is open), each no earlier than its due cycle, then pulled-in ones that
+    finish by ``until`` while at most ``pull_in`` stand ahead of their due cycles. Writes
+    the commands and cycles; returns how many (-1: a pulled-in refresh off its expected
+    cycle)."""
+    n = 0
+    first = sc[1] - postpone * interval
+    if until >= first:
+        k = (until - first) // interval + 1
+        for q in range(open_row.shape[0]):
+            if open_row[q] >= 0:
+                out_cycle[n] = _channel_wide(PREA, first, nx, open_row, reopen, sc, all_ptr,
+                                             all_to, all_lat)
+                out_cmd[n] = PREA
+                n += 1
+                break
+        for j in range(k):
+            out_cycle[n] = _channel_wide(REFAB, first + j * interval, nx, open_row, reopen, sc,
+                                         all_ptr, all_to, all_lat)
+            out_cmd[n] = REFAB
+            n += 1
+        sc[1] += k * interval
+    closed = True
+    for q in range(open_row.shape[0]):
+        if open_row[q] >= 0:
+            closed = False
+    if pull_in > 0 and closed and rfc > 0:
+        # pulled-in refreshes follow each other nRFCab apart (REFab blocks every command
+        # for nRFCab; the first one's other limits are already met)
+        t = sc[0] + 1
+        if nx[0, REFAB] > t:
+            t = nx[0, REFAB]
+        if nx[1, REFAB] > t:
+            t = nx[1, REFAB]
+        nxt = sc[1] - postpone * interval       # due cycle of the next refresh, > until
+        m = 0
+        while m < pull_in and t + (m + 1) * rfc <= until:
+            # refreshes standing issued ahead of their due cycle once the m-th is issued
+            if (nxt + m * interval - (t + m * rfc) - 1) // interval + 1 > pull_in:
+                break
+            m += 1
+        for j in range(m):
+            tj = _channel_wide(REFAB, 0, nx, open_row, reopen, sc, all_ptr, all_to, all_lat)
+            if tj != t + j * rfc:
+                return -1
+            out_cycle[n] = tj
+            out_cmd[n] = REFAB
+            n += 1
+        sc[1] += m * interval
+    return n
 
 
 @njit(cache=True)
