@@ -573,7 +573,8 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
 
     if ref.get("pull_in", 0) and not ref.get("postpone", 0):
         raise ctx.err("refresh.pull_in", f"pulling refreshes in needs refresh.postpone > 0 "
-                      f"(they are issued where postponed ones are); got pull_in={ref['pull_in']!r}")
+                      f"(they are issued where postponed ones are); got pull_in={ref['pull_in']!r} "
+                      f"with postpone={ref.get('postpone', 0)!r}")
 
     constraints = standard.resolve(timing, where=f"{ctx.origin}: ")
     _check_constraint_support(constraints, ctx.origin)

@@ -39,6 +39,19 @@ def test_pim_gpt_defaults():
     assert d.timing["nMAC"] * d.tCK_ps == 10**6 // int(spec.pim.clock_MHz)
 
 
+def test_refresh_postponing_keys():
+    d = load_preset("pim-gpt").dram
+    assert (d.refresh_postpone, d.refresh_pull_in) == (8, 8)
+    assert load_preset("pim-gpt", ["refresh.postpone=0", "refresh.pull_in=0"]).dram.refresh_postpone == 0
+    # they count only under all-bank refresh
+    off = load_preset("pim-gpt", ["refresh.policy=off"]).dram
+    assert (off.refresh_postpone, off.refresh_pull_in) == (0, 0)
+    assert d.with_refresh("pb").refresh_postpone == 0 and d.with_refresh("ab").refresh_pull_in == 8
+    with pytest.raises(ConfigError, match=r"refresh.pull_in: pulling refreshes in needs "
+                                          r"refresh.postpone > 0.*pull_in=8 with postpone=0"):
+        load_preset("pim-gpt", ["refresh.postpone=0"])
+
+
 def test_digest_is_stable_and_tracks_values():
     a, b = load_preset("pim-gpt"), load_preset("pim-gpt")
     assert a.digest == b.digest
@@ -70,6 +83,8 @@ def test_override_goes_through_validation():
     ("pim.result_registers=2.5", r"--set pim.result_registers=2.5: must be an integer, got 2.5"),
     ("pim.gb_reuse=1", r"--set pim.gb_reuse=1: must be true or false, got 1"),
     ("pim.gb_reuse=maybe", r"--set pim.gb_reuse=maybe: must be true or false, got 'maybe'"),
+    ("refresh.postpone=-1", r"--set refresh.postpone=-1: .*got -1"),
+    ("refresh.pull_in=two", r"--set refresh.pull_in=two: must be an integer, got 'two'"),
 ])
 def test_bad_overrides(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
