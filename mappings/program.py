@@ -133,21 +133,25 @@ def _passes_cached(t: Template, columns: int) -> tuple[MacPass, ...]:
     return build_passes(t, columns)
 
 
-#: (what, template, slot_out bytes, n_valid, columns, values) -> passes of the live part of a
-#: K or V template; layers share templates and slot assignments, so this is computed once
-#: per distinct layer shape and context length.
+#: (what, template, live part, columns) -> passes of the live part of a K or V template.
+#: The live part changes only when a K slot receives its first position or a V token
+#: column its first value, so consecutive steps share their passes (and with them their
+#: command arrays and stored kernel runs); layers share templates and slot assignments.
 _ACTIVE: dict = {}
 
 
 def _active_passes(what: str, t: Template, slot_out: np.ndarray, n_valid: int, columns: int,
                    values: int) -> tuple[MacPass, ...]:
-    key = (what, id(t), slot_out.tobytes(), n_valid, columns, values)
+    if what == "score":
+        live = kcache_live(slot_out, n_valid)
+        key = (what, id(t), live.tobytes(), columns)
+    else:
+        key = (what, id(t), -(-n_valid // values), columns)
     hit = _ACTIVE.get(key)
     if hit is not None and hit[0] is t:
         return hit[1]
-    live = active_kcache(t, slot_out, n_valid) if what == "score" else \
-        active_vcache(t, n_valid, values)
-    passes = build_passes(live, columns) if live.n_segments else ()
+    live_t = t.select(live[t.slot]) if what == "score" else active_vcache(t, n_valid, values)
+    passes = build_passes(live_t, columns) if live_t.n_segments else ()
     if len(_ACTIVE) > 4096:
         _ACTIVE.clear()
     _ACTIVE[key] = (t, passes)
@@ -666,10 +670,14 @@ class Program:
 # --------------------------------------------------------------------------- generation
 
 
+def kcache_live(slot_out: np.ndarray, n_valid: int) -> np.ndarray:
+    """Per key slot: does it hold a position < n_valid in some bank."""
+    return ((slot_out >= 0) & (slot_out < n_valid)).any(axis=0)
+
+
 def active_kcache(t: Template, slot_out: np.ndarray, n_valid: int) -> Template:
     """Segments of key slots holding at least one position < n_valid in some bank."""
-    live = ((slot_out >= 0) & (slot_out < n_valid)).any(axis=0)
-    return t.select(live[t.slot])
+    return t.select(kcache_live(slot_out, n_valid)[t.slot])
 
 
 def active_vcache(t: Template, n_valid: int, values: int) -> Template:
