@@ -4,8 +4,8 @@ cycle-accurate channel engines, event-driven with SimPy.
 A program is a DAG (networkx) whose nodes carry an ``item``: a PIM kernel (anything with
 ``channel`` and ``commands()`` returning a :class:`pimsim.engine.CommandStream`), an ASIC
 operator (``kind``, ``elements``, ``detail``) or a transfer (``direction``, ``channel``,
-``bytes``). Edges are data dependencies. Each node is one SimPy process that waits for its
-predecessors, takes its resource and holds it for the time the model gives:
+``bytes``). Edges are data dependencies. Each node waits for its predecessors, takes its
+resource and holds it for the time the model gives:
 
 * a kernel holds its channel while the channel engine issues its commands, continuing the
   channel's state (open rows, timing history, refresh schedule) from the previous kernel;
@@ -16,8 +16,13 @@ predecessors, takes its resource and holds it for the time the model gives:
 * a transfer takes the link latency; its bytes cross the pins as the WRGB, WR, RD and
   RDMAC16 commands of the kernels next to it, whose data-bus spacing the engine enforces.
 
-Times are integer picoseconds. The event core knows only time (SimPy); hardware meaning
-stays in the node processes. Library code: it returns data and never prints.
+A resource falls to the waiting node with the least (operator index, ready time, program
+position) at the end of each instant. Two schedulers give this same schedule: SimPy
+processes (``scheduler="simpy"``), and the default time-ordered event list, which runs the
+same node work without SimPy's per-event machinery; tests require identical results.
+
+Times are integer picoseconds. The event core knows only time; hardware meaning stays in
+the node work. Library code: it returns data and never prints.
 """
 
 from __future__ import annotations
