@@ -742,12 +742,13 @@ class _Builder:
     def mac(self, op, region: Region, part: ChannelPart, passes: tuple[MacPass, ...], what: str,
             repeats: int, deps: list[str], out_limit=None) -> tuple[str, MacKernel]:
         tag = f"{op.index}:{region.name}:ch{part.channel}"
-        key = ("mac", tag, what, passes, repeats, out_limit)
-        k = self.m.items.get(key)
-        if k is None or k.passes is not passes:
+        # a weight kernel is the same every step (its passes are cached per template)
+        key = ("mac", tag, passes) if what == "linear" else None
+        k = self.m.items.get(key) if key else None
+        if k is None:
             k = MacKernel(f"{tag}:{what}", part.channel, what, region, part, passes, repeats,
                           op.index, out_limit, self.g.result_registers, self.g.gb_reuse)
-            if what == "linear":          # the same every step
+            if key:
                 self.m.items[key] = k
         cb = self.g.column_bytes
         tin = self.add(f"{tag}:to_pim", Transfer(f"{tag}:to_pim", "to_pim", part.channel,

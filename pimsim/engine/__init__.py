@@ -197,7 +197,7 @@ def issue_postponed_refresh(state: EngineState, until: int, postpone: int, pull_
     if not _channel_wide_ok(ct):
         raise PimsimError(f"{state.spec.name}: postponed refresh needs PREA and REFab free of "
                           f"window rules")
-    nx, ring, wcount, whead, open_row, reopen, sc = state.arrays
+    nx, open_row, reopen, sc = state.arrays[0], state.arrays[4], state.arrays[5], state.arrays[6]
     interval = ct.refresh_interval
     rfc = int(state.spec.timing.get("nRFCab", 0))
     owed = max(0, (until - (int(sc[1]) - postpone * interval)) // interval + 1)
