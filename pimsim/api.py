@@ -69,7 +69,7 @@ def load_model(model) -> object:
 
 def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), prompt: int = 32,
              tokens: int = 8, strategy: str = "pim-gpt", timeline: bool = False,
-             check: bool = False, replay: bool = True, scheduler: str = "listed",
+             check: bool = False, replay: bool = True, scheduler: str = "compiled",
              progress: Callable[[int, int], None] | None = None) -> SimulationResult:
     """Decode ``tokens`` tokens after a ``prompt``-token context (KV lengths prompt+1 ..
     prompt+tokens), every DRAM command timed by the channel engines.
@@ -78,8 +78,9 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
     every issued command is protocol-checked and violations raise an error. ``replay``
     reuses the stored run of a kernel issued before from the same relative channel state
     when no refresh falls due during it (exact; ``False`` issues every kernel).
-    ``scheduler="simpy"`` runs each step as SimPy processes instead of the default
-    time-ordered event list; the two give identical results.
+    ``scheduler``: ``"compiled"`` (default) runs each step's event list in compiled code,
+    ``"listed"`` in Python, ``"simpy"`` as SimPy processes; all three give identical
+    results (with ``check``, steps run listed, which keeps the command logs).
     """
     import mappings
     from pimsim import __version__

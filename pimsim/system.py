@@ -33,16 +33,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
-from numba import njit
 
 from pimsim.asic import op_cost
 from pimsim.config import SystemSpec
 from pimsim.engine import EngineState, check, issue, issue_postponed_refresh, merge_log
 from pimsim.errors import PimsimError
 from pimsim.standard import CMD_ID, COMMANDS
+from pimsim import stepkernel as sk
+from pimsim.stepkernel import account_run
 
 KERNEL, ASIC, TRANSFER = "kernel", "asic", "transfer"
-SCHEDULERS = ("listed", "simpy")
+SCHEDULERS = ("compiled", "listed", "simpy")
 #: bounds of the kernel-run store: distinct command streams, entry states per stream
 _MEMO_STREAMS, _MEMO_STATES = 8192, 64
 #: a stream none of whose first runs could be stored is not keyed any more
@@ -55,6 +56,7 @@ COMMAND_CLASS = {"ACT": "activate", "ACT16": "activate", "MAC16": "mac", "RD": "
                  "TMOD": "mode_switch"}
 _CLASS_OF = np.array([sorted(set(COMMAND_CLASS.values())).index(COMMAND_CLASS[c]) for c in COMMANDS])
 _CLASSES = sorted(set(COMMAND_CLASS.values()))
+_ASIC_COUNTS = ("adds", "muls", "int_ops", "sram_read_bytes", "sram_write_bytes")
 
 
 def _priority(item) -> int:
@@ -103,7 +105,7 @@ class SystemSimulator:
     """Runs decode-step programs one after another on one system; channel state persists."""
 
     def __init__(self, spec: SystemSpec, *, keep_timeline: bool = False, keep_logs: bool = False,
-                 memo: bool = True, scheduler: str = "listed"):
+                 memo: bool = True, scheduler: str = "compiled"):
         if spec.asic is None:
             raise PimsimError(f"preset {spec.name} has no 'asic' section; the system simulator needs one")
         self.spec = spec
@@ -113,9 +115,12 @@ class SystemSimulator:
         self.link_latency_ps = spec.link_latency_ps
         if scheduler not in SCHEDULERS:
             raise PimsimError(f"unknown scheduler {scheduler!r} (known: {', '.join(SCHEDULERS)})")
-        #: "listed" (default) or "simpy": the same schedule, from a time-ordered event list
-        #: or from SimPy processes (tests require identical results)
+        #: "compiled" (default), "listed" or "simpy": the same schedule, from the compiled
+        #: event list, the Python event list or SimPy processes (tests require identical
+        #: results); kept command logs come from the Python schedulers
         self.scheduler = scheduler
+        self._compiled = None
+        self._info: dict = {}
         self.env = simpy.Environment()
         self._now = 0
         self.channels = [EngineState(spec.dram) for _ in range(spec.dram.channels)]
@@ -133,6 +138,9 @@ class SystemSimulator:
         #: replay identical kernel runs (exact; see _issue_kernel)
         self.memo = memo
         self.memo_hits = 0
+        #: kernels issued command by command (not replayed), and their commands
+        self.issued_runs = 0
+        self.issued_commands = 0
         self._memo: dict = {}
         ct = self.channels[0].ct
         self._refresh_on = bool(ct.refresh)
@@ -285,6 +293,8 @@ class SystemSimulator:
                 sc[0] = base + entry.last_rel
                 sc[3] = entry.end_n_reopen
                 return entry.shifted(base)
+        self.issued_runs += 1
+        self.issued_commands += len(stream)
         release = np.zeros(len(stream), dtype=np.int64)
         release[0] = not_before
         res = issue(self.dram, stream, state=st, release=release, validate_stream=False)
@@ -318,6 +328,11 @@ class SystemSimulator:
         Transfers hold no resource, so they are not processes of their own: a node whose
         input comes through a transfer waits the link latency after its producer finished
         (exactly what a transfer process would give), which halves the events per step."""
+        if self.scheduler == "compiled" and not self.keep_logs:
+            stats = StepStats(start_ps=self._now, end_ps=self._now,
+                              timeline=[] if self.keep_timeline else None)
+            self._run_compiled(program, stats)
+            return stats
         nodes, transfers, stats = self._prepare(program)
         times: dict = {}
         if self.scheduler == "simpy":
@@ -445,6 +460,130 @@ class SystemSimulator:
                 seq += 2
         self._now = now
 
+    # ------------------------------------------------------------------ compiled
+    def _compiled_state(self) -> "_Compiled":
+        if self._compiled is None:
+            self._compiled = _Compiled(self)
+        return self._compiled
+
+    def _node_info(self, item) -> tuple:
+        """What the compiled scheduler needs of a node's item, kept per item (items shared
+        by steps are looked at once): (item, kind, resource, priority, category, stream
+        or ASIC duration, ASIC counts)."""
+        info = self._info.get(id(item))
+        if info is not None and info[0] is item:
+            return info
+        if len(self._info) > 1 << 17:
+            self._info.clear()
+        kind = node_kind(item)
+        if kind == KERNEL:
+            info = (item, kind, item.channel, _priority(item), getattr(item, "what", None),
+                    item.commands(self.spec), None)
+        elif kind == ASIC:
+            cost = op_cost(self.spec.asic, item.kind, item.elements, getattr(item, "detail", None))
+            info = (item, kind, len(self.channels), _priority(item), ASIC,
+                    int(math.ceil(cost.cycles * self.asic_ps)),
+                    tuple(getattr(cost, k) for k in _ASIC_COUNTS) + (cost.cycles,))
+        else:
+            info = (item, kind, -1, 0, TRANSFER, None, None)
+        self._info[id(item)] = info
+        return info
+
+    def _run_compiled(self, program, stats: StepStats) -> None:
+        """The listed schedule, computed by :func:`pimsim.stepkernel.run_step` from the
+        program's flat graph."""
+
+        cs = self._compiled_state()
+        names_all, items_all, src, dst = _flat(program)
+        infos = [self._node_info(it) for it in items_all]
+        is_transfer = np.array([i[1] == TRANSFER for i in infos], dtype=np.uint8)
+        (order, in_ptr, in_src, in_lat, start_delay, pr_ptr, _, user_ptr,
+         user_idx) = sk.prepare(is_transfer, src, dst, self.link_latency_ps)
+        if len(order) == 0 and len(names_all) > int(is_transfer.sum()):
+            raise PimsimError(f"program of {getattr(program, 'model', '?')} has a cycle")
+        n = len(order)
+        t0 = stats.start_ps
+        order_l = order.tolist()
+        nodes = [infos[v] for v in order_l]
+        names = [names_all[v] for v in order_l]
+        kind = np.array([0 if i[1] == KERNEL else 1 for i in nodes], dtype=np.int64)
+        res = np.array([i[2] for i in nodes], dtype=np.int64)
+        prio = np.array([i[3] for i in nodes], dtype=np.int64)
+        kernels = np.flatnonzero(kind == 0)
+        ksid = np.full(n, -1, dtype=np.int64)
+        ksid[kernels] = cs.sids([nodes[i][5] for i in kernels.tolist()])
+        dur = np.zeros(n, dtype=np.int64)
+        asics = np.flatnonzero(kind == 1)
+        if asics.size:
+            dur[asics] = [nodes[i][5] for i in asics.tolist()]
+            sums = np.sum([nodes[i][6] for i in asics.tolist()], axis=0).tolist()
+            for k, v in zip(_ASIC_COUNTS + ("cycles",), sums):
+                stats.asic[k] = stats.asic.get(k, 0) + v
+        for it, info in zip(items_all, infos):
+            if info[1] == TRANSFER:
+                d = it.direction
+                stats.transfer_bytes[d] = stats.transfer_bytes.get(d, 0) + it.bytes
+        n_prod = np.diff(pr_ptr)
+        nrank = np.empty(n, dtype=np.int64)
+        nrank[sorted(range(n), key=names.__getitem__)] = np.arange(n)
+        o_ready = np.zeros(n, dtype=np.int64)
+        o_start = np.zeros(n, dtype=np.int64)
+        o_end = np.zeros(n, dtype=np.int64)
+        o_via = np.full(n, -2, dtype=np.int64)
+        o_delay = np.zeros(n, dtype=np.int64)
+        counts = np.zeros(len(COMMANDS), dtype=np.int64)
+        classes = np.zeros(len(_CLASSES), dtype=np.int64)
+        misc = np.zeros(7, dtype=np.int64)
+        a = cs.arena.tables()
+        store = cs.store.tables(cs.arena.n_pieces, self.channels[0].arrays[0].size)
+        cs.ensure_buffers(cs.arena.max_len)
+        chans = cs.load(self.channels)
+        sk.run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod,
+                    user_ptr, user_idx, dur, ksid, res, t0, len(self.channels) + 1, self.tck,
+                    cs.eng, a, chans, cs.refr, self.memo, int(self._refresh_on), store, cs.bufs,
+                    _CLASS_OF, len(_CLASSES), self._tail_of, o_ready, o_start, o_end, o_via,
+                    o_delay, counts, classes, misc)
+        cs.save(self.channels)
+        if misc[sk.M_STATUS] == sk.ERR_CHANNEL:
+            from pimsim.engine import _status_error
+            raise _status_error(-2, self.dram)
+        if misc[sk.M_STATUS] == sk.ERR_REFRESH:
+            raise PimsimError(f"{self.dram.name}: a pulled-in refresh was not "
+                              f"{self._blocks[CMD_ID['REFab']]} cycles after the one before it")
+        self.memo_hits += int(misc[sk.M_HITS])
+        self.issued_runs += int(misc[sk.M_ISSUED])
+        self.issued_commands += int(misc[sk.M_ISSUED_CMDS])
+        self._now = int(misc[sk.M_NOW]) if n else t0
+        for k, v in zip(COMMANDS, counts.tolist()):
+            if v:
+                stats.counts[k] = stats.counts.get(k, 0) + v
+        for k, v in zip(_CLASSES, classes.tolist()):
+            if v:
+                stats.channel_cycles[k] = stats.channel_cycles.get(k, 0) + v
+        stats.refresh_stall_cycles += int(misc[sk.M_STALL])
+        cats = [i[4] for i in nodes]
+        for cat, b in zip(cats, (o_end - o_start).tolist()):
+            stats.busy_ps[cat] = stats.busy_ps.get(cat, 0) + b
+        stats.end_ps = self._now
+        stats.critical_ps = _critical_path_arrays(names, cats, o_ready, o_start, o_end, o_via,
+                                                  o_delay, nrank, stats.start_ps, stats.end_ps)
+        if stats.timeline is not None:
+            starts, ends = o_start.tolist(), o_end.tolist()
+            for i, info in enumerate(nodes):
+                stats.timeline.append((names[i], cats[i], getattr(info[0], "channel", -1),
+                                       starts[i], ends[i]))
+            end_of = {v: ends[i] for i, v in enumerate(order_l)}
+            preds: dict[int, list] = {}
+            for u, v in zip(src.tolist(), dst.tolist()):
+                preds.setdefault(v, []).append(u)
+            for v, info in enumerate(infos):
+                if info[1] == TRANSFER:
+                    e = [end_of[p] for p in preds.get(v, ()) if p in end_of]
+                    tt = max(e, default=stats.start_ps)
+                    stats.timeline.append((names_all[v], TRANSFER, info[0].channel, tt,
+                                           tt + self.link_latency_ps))
+            stats.timeline.sort(key=lambda e: (e[3], e[4], e[0]))
+
     def check_logs(self) -> list:
         """Protocol-check every channel's full command log (needs ``keep_logs``)."""
         from pimsim.engine import CommandStream
@@ -458,6 +597,105 @@ class SystemSimulator:
                       for f in ("cmd", "bg", "ba", "row", "col")}
             out += [(c, v) for v in check(self.dram, cycles, CommandStream(**fields))]
         return out
+
+
+class _Compiled:
+    """What the compiled scheduler keeps between steps: the stream arena, the stored runs,
+    scratch buffers, and the channel states stacked into arrays (copied in and out around
+    each step, so the Python schedulers can continue any channel)."""
+
+    def __init__(self, sim: SystemSimulator):
+        from pimsim.engine import _channel_wide_ok
+
+        ct = sim.channels[0].ct
+        if sim.postpone and not _channel_wide_ok(ct):
+            raise PimsimError(f"{sim.dram.name}: postponed refresh needs PREA and REFab free "
+                              f"of window rules")
+        self.arena = sk.Arena(sim._in_window, CMD_ID["TMOD"], ct.addr_all, ct.n_bankgroups,
+                              ct.banks_per_bankgroup)
+        self.store = sk.RunStore(ct.n_banks, len(_CLASSES))
+        self.generation = self.arena.generation
+        self.eng = ct.kernel_args() + (ct.refresh, ct.refresh_interval)
+        block_of = np.zeros(len(COMMANDS), dtype=np.int64)
+        for k, v in sim._blocks.items():
+            block_of[k] = v
+        self.refr = (int(sim.postpone), int(sim.pull_in), int(sim._blocks[CMD_ID["REFab"]]),
+                     block_of, np.zeros(64, dtype=np.int64), np.zeros(64, dtype=np.int64))
+        self.bufs = None
+        self.stack = tuple(np.stack([st.arrays[j] for st in sim.channels])
+                           for j in range(len(sim.channels[0].arrays)))
+
+    def sids(self, streams: list) -> list[int]:
+        """Arena numbers of a step's streams; if the arena fills up on the way, it is
+        cleared (with the stored runs) and the step's streams registered again."""
+        out = [self.arena.sid_of(s) for s in streams]
+        if self.arena.generation != self.generation:
+            self.store.clear()
+            self.arena.limit = max(self.arena.limit, sum(len(s) for s in streams))
+            self.arena._clear(self.arena.cmd.shape[0])
+            out = [self.arena.sid_of(s) for s in streams]
+            self.generation = self.arena.generation
+        return out
+
+    def ensure_buffers(self, max_len: int) -> None:
+        if self.bufs is None or self.bufs[0].shape[0] < max_len:
+            n = max(max_len, 1 << 12)
+            self.bufs = (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
+                         np.zeros(1 + sk.KEY_MAX, dtype=np.int64))
+
+    def load(self, channels: list) -> tuple:
+        for c, st in enumerate(channels):
+            for j, a in enumerate(st.arrays):
+                self.stack[j][c] = a
+        return self.stack
+
+    def save(self, channels: list) -> None:
+        for c, st in enumerate(channels):
+            for j, a in enumerate(st.arrays):
+                a[...] = self.stack[j][c]
+
+
+def _flat(program) -> tuple:
+    """(node names, items, edge sources, edge targets) of a program: nodes in insertion
+    order, edges in first-insertion order (``program.flat`` where the builder keeps one)."""
+    flat = getattr(program, "flat", None)
+    if flat is not None:
+        return (flat.names, flat.items, np.asarray(flat.src, dtype=np.int64),
+                np.asarray(flat.dst, dtype=np.int64))
+    g = program.graph
+    names = list(g.nodes)
+    index = {nm: i for i, nm in enumerate(names)}
+    items = [g.nodes[nm]["item"] for nm in names]
+    edges = [(index[u], index[v]) for u, v in g.edges()]
+    src = np.array([e[0] for e in edges], dtype=np.int64)
+    dst = np.array([e[1] for e in edges], dtype=np.int64)
+    return names, items, src, dst
+
+
+def _critical_path_arrays(names, cats, ready, start, end, via, delay, nrank, start_ps: int,
+                          end_ps: int) -> dict[str, int]:
+    """:func:`_critical_path` over the compiled scheduler's arrays (``via``: producer
+    position, -1 the step start)."""
+    out: dict[str, int] = {}
+    if not names:
+        out["wait"] = end_ps - start_ps
+        return out
+    last = int(end.max())
+    cand = np.flatnonzero(end == last)
+    node = int(cand[np.argmax(nrank[cand])])
+    t = end_ps
+    while node is not None:
+        r, s, e, d = int(ready[node]), int(start[node]), int(end[node]), int(delay[node])
+        cat = cats[node]
+        out[cat] = out.get(cat, 0) + (min(e, t) - s)
+        out["wait"] = out.get("wait", 0) + (s - r) + (t - min(e, t))
+        if d:
+            out["transfer"] = out.get("transfer", 0) + d
+        t = r - d
+        v = int(via[node])
+        node = v if v >= 0 else None
+    out["wait"] = out.get("wait", 0) + (t - start_ps)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -602,47 +840,8 @@ class _Stored:
         return _KernelRun(r.counts, r.classes, 0, r.tail, None, self.cycles_rel, base)
 
 
-@njit(cache=True)
-def _account_nb(cycles, cmd, ins_cycle, ins_cmd, class_of, n_classes, tail_of):
-    """Channel cycles by class (each gap between consecutive issued commands goes to the
-    command before it, the last command gets one cycle) and the data tail after the last
-    issue; input and inserted commands are both in increasing cycle order."""
-    out = np.zeros(n_classes, dtype=np.int64)
-    n = cycles.shape[0]
-    m = ins_cycle.shape[0]
-    i = 0
-    j = 0
-    have = False
-    pc = 0
-    pk = 0
-    last_read_end = -1
-    while i < n or j < m:
-        if j >= m or (i < n and cycles[i] < ins_cycle[j]):
-            t = cycles[i]
-            k = cmd[i]
-            lat = tail_of[k]
-            if lat >= 0 and t + lat > last_read_end:
-                last_read_end = t + lat
-            i += 1
-        else:
-            t = ins_cycle[j]
-            k = ins_cmd[j]
-            j += 1
-        if have:
-            out[class_of[pk]] += t - pc
-        have = True
-        pc = t
-        pk = k
-    if have:
-        out[class_of[pk]] += 1
-    tail = 1
-    if last_read_end - pc > tail:
-        tail = last_read_end - pc
-    return out, tail
-
-
 def _account(cycles, cmd, ins_cycle, ins_cmd, tail_of):
-    out, tail = _account_nb(cycles, cmd, ins_cycle, ins_cmd, _CLASS_OF, len(_CLASSES), tail_of)
+    out, tail, _ = account_run(cycles, cmd, ins_cycle, ins_cmd, _CLASS_OF, len(_CLASSES), tail_of)
     return out, int(tail)
 
 

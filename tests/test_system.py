@@ -100,8 +100,7 @@ def test_listed_schedule_equals_the_simpy_processes(model, overrides):
     ref, ref_stats = _run(overrides, steps=steps, trace=trace, keep_logs=True,
                           keep_timeline=True, scheduler="simpy")
     out, out_stats = _run(overrides, steps=steps, trace=trace, keep_logs=True,
-                          keep_timeline=True)
-    assert out.scheduler == "listed"
+                          keep_timeline=True, scheduler="listed")
     assert [dataclasses.asdict(s) for s in out_stats] == [dataclasses.asdict(s) for s in ref_stats]
     assert len({s.latency_ps for s in ref_stats}) > 1 or "refresh.policy=off" in overrides
     for a, b in zip(ref.logs, out.logs):
@@ -109,6 +108,47 @@ def test_listed_schedule_equals_the_simpy_processes(model, overrides):
         for (ca, sa), (cb, sb) in zip(a, b):
             assert np.array_equal(ca, cb) and np.array_equal(sa.cmd, sb.cmd)
             assert np.array_equal(sa.row, sb.row)
+
+
+@pytest.mark.parametrize("model,overrides", [
+    ("gpt2-small", ()), ("gpt2-small", ("refresh.policy=off",)),
+    ("gpt2-small", ("refresh.postpone=0", "refresh.pull_in=0", "asic.clock_MHz=100")),
+    ("gpt2-small", ("refresh.policy=pb",)),
+    ("smollm2-135m", ("organization.channels=4",)),
+], ids=["postponed-refresh", "no-refresh", "refresh-when-due-slow-asic", "per-bank-refresh",
+        "gqa-4-channels"])
+def test_compiled_schedule_equals_the_listed_one(model, overrides):
+    """The compiled scheduler (the default) gives the Python event list's schedule exactly
+    over enough steps for stored runs to be replayed: step statistics, timelines (every
+    node's start and end), and every channel's final engine state."""
+    import dataclasses
+
+    import numpy as np
+
+    trace = workloads.load_bundled(model)
+    steps = tuple(range(33, 39))
+    ref, ref_stats = _run(overrides, steps=steps, trace=trace, keep_timeline=True,
+                          scheduler="listed")
+    out, out_stats = _run(overrides, steps=steps, trace=trace, keep_timeline=True)
+    assert out.scheduler == "compiled"
+    assert [dataclasses.asdict(s) for s in out_stats] == [dataclasses.asdict(s) for s in ref_stats]
+    assert len({s.latency_ps for s in ref_stats}) > 1 or "refresh.policy=off" in overrides
+    for a, b in zip(ref.channels, out.channels):
+        for x, y in zip(a.arrays, b.arrays):
+            assert np.array_equal(x, y)
+    # both issue and replay ran
+    assert out.issued_runs > 100
+    assert out.memo_hits > 100 or "refresh.policy=pb" in overrides
+
+
+def test_compiled_scheduler_without_the_store_equals_it_with():
+    import dataclasses
+
+    steps = tuple(range(33, 37))
+    full, full_stats = _run(steps=steps, keep_timeline=True, memo=False)
+    fast, fast_stats = _run(steps=steps, keep_timeline=True)
+    assert full.memo_hits == 0 and fast.memo_hits > 100
+    assert [dataclasses.asdict(s) for s in fast_stats] == [dataclasses.asdict(s) for s in full_stats]
 
 
 def test_unknown_scheduler_is_refused():

@@ -1,0 +1,749 @@
+"""The compiled decode-step scheduler: the time-ordered event list of
+:class:`pimsim.system.SystemSimulator`, its kernel issue, postponed refresh and store of
+kernel runs, as one numba function over arrays.
+
+It computes the schedule of ``SystemSimulator(scheduler="listed")`` exactly (tests require
+identical step statistics and timelines): the same events in the same order, the same
+grant rule (least operator index, ready time, program position at the end of an instant),
+the same channel kernel (:func:`pimsim.engine.kernel.run_channel`) and the same replay
+rule for stored runs. Only the bookkeeping differs: command streams live in one arena
+(``Arena``), stored runs in fixed tables keyed by a hash of the stream and the relative
+channel state, verified value by value before a replay.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+from numba import njit, types
+from numba.typed import Dict
+
+from pimsim.engine.compile import ACT, ACT16, PRE, PREA, REFAB, REFPB
+from pimsim.engine.kernel import NC, postponed_refresh, run_channel
+from pimsim.standard import N_COMMANDS
+
+#: status codes of run_step
+OK, ERR_CHANNEL, ERR_REFRESH = 0, 1, 2
+#: misc outputs of run_step
+M_STALL, M_NOW, M_HITS, M_STATUS, M_CHANNEL, M_ISSUED, M_ISSUED_CMDS = range(7)
+#: meta columns of a stored run (cycles relative to its base; read end -1: no read)
+_LAST, _FIRST, _READ_END, _N_RAISE = range(4)
+#: at most this many timing entries keyed, and raised, per stored piece
+KEY_MAX, RAISE_MAX = 48, 96
+#: streams longer than this are issued, and their runs stored, in pieces of about CHUNK
+#: commands (issuing a stream in pieces gives the cycles of issuing it at once, as long
+#: as no piece ends with a TMOD), so the refresh-free pieces of a long kernel replay
+CHUNK = 512
+_HASH_MUL = 1099511628211
+
+
+@njit(cache=True)
+def account_run(cycles, cmd, ins_cycle, ins_cmd, class_of, n_classes, tail_of):
+    """Channel cycles by class (each gap between consecutive issued commands goes to the
+    command before it, the last command gets one cycle), the data tail after the last
+    issue, and the cycle the last read's data is back (-1: no read); input and inserted
+    commands are both in increasing cycle order."""
+    out = np.zeros(n_classes, dtype=np.int64)
+    n = cycles.shape[0]
+    m = ins_cycle.shape[0]
+    i = 0
+    j = 0
+    have = False
+    pc = 0
+    pk = 0
+    last_read_end = -1
+    while i < n or j < m:
+        if j >= m or (i < n and cycles[i] < ins_cycle[j]):
+            t = cycles[i]
+            k = cmd[i]
+            lat = tail_of[k]
+            if lat >= 0 and t + lat > last_read_end:
+                last_read_end = t + lat
+            i += 1
+        else:
+            t = ins_cycle[j]
+            k = ins_cmd[j]
+            j += 1
+        if have:
+            out[class_of[pk]] += t - pc
+        have = True
+        pc = t
+        pk = k
+    if have:
+        out[class_of[pk]] += 1
+    tail = 1
+    if last_read_end - pc > tail:
+        tail = last_read_end - pc
+    return out, tail, last_read_end
+
+
+class Arena:
+    """Command streams registered once, by identity of their ``cmd`` array, in four
+    growing int64 arrays; ``sid`` numbers them. Each stream is cut into pieces (one
+    piece unless longer than 2 x CHUNK); stored runs are kept per piece. Cleared (with
+    the stored runs keyed by it) when it would pass ``limit`` commands."""
+
+    def __init__(self, in_window: np.ndarray, tmod: int, addr_all: np.ndarray, n_bg: int,
+                 bpg: int, limit: int = 1 << 25):
+        self.in_window = in_window
+        self.tmod = tmod
+        self.addr_all = addr_all.astype(bool)
+        self.n_bg = n_bg
+        self.bpg = bpg
+        self.limit = limit
+        self.generation = -1
+        self._clear(1 << 16)
+
+    def _clear(self, cap: int) -> None:
+        self.cmd = np.zeros(cap, dtype=np.int64)
+        self.bg = np.zeros(cap, dtype=np.int64)
+        self.ba = np.zeros(cap, dtype=np.int64)
+        self.row = np.zeros(cap, dtype=np.int64)
+        self.used = 0
+        self.piece_ptr: list[int] = [0]   # per stream: its pieces
+        self.piece_off: list[int] = []    # per piece: arena offset, length, replayable
+        self.piece_len: list[int] = []
+        self.piece_memo: list[bool] = []
+        self.read_ptr: list[int] = [0]    # per piece: the timing entries its commands read
+        self.read_idx: list = []
+        self.n_read = 0
+        self.keep: list = []              # the cmd arrays, kept alive while their sid stands
+        self.sid: dict[int, int] = {}
+        self.max_len = 1
+        self.generation += 1
+        self._tables = None
+
+    def sid_of(self, stream) -> int:
+        """The stream's number, registering it first if new (-1: empty stream)."""
+        cmd = stream.cmd
+        s = self.sid.get(id(cmd))
+        if s is not None and self.keep[s] is cmd:
+            return s
+        n = len(cmd)
+        if n == 0:
+            return -1
+        if self.used + n > self.limit and self.used:
+            self._clear(self.cmd.shape[0])
+        if self.used + n > self.cmd.shape[0]:
+            cap = max(2 * self.cmd.shape[0], self.used + n)
+            for f in ("cmd", "bg", "ba", "row"):
+                a = np.zeros(cap, dtype=np.int64)
+                a[:self.used] = getattr(self, f)[:self.used]
+                setattr(self, f, a)
+        u = self.used
+        self.cmd[u:u + n] = cmd
+        self.bg[u:u + n] = stream.bg
+        self.ba[u:u + n] = stream.ba
+        self.row[u:u + n] = stream.row
+        self.used = u + n
+        cuts = [0]
+        if n > 2 * CHUNK:
+            k = CHUNK
+            while n - k > CHUNK:
+                while k < n and cmd[k - 1] == self.tmod:
+                    k += 1
+                cuts.append(k)
+                k += CHUNK
+        cuts.append(n)
+        win = self.in_window[cmd]
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            self.piece_off.append(u + lo)
+            self.piece_len.append(hi - lo)
+            memo = not win[lo:hi].any()
+            if memo:
+                read = self._reads(cmd[lo:hi], stream.bg[lo:hi], stream.ba[lo:hi])
+                memo = len(read) <= KEY_MAX
+            if memo:
+                self.read_idx.append(read)
+                self.n_read += len(read)
+            self.read_ptr.append(self.n_read)
+            self.piece_memo.append(memo)
+            self.max_len = max(self.max_len, hi - lo)
+        self.piece_ptr.append(len(self.piece_off))
+        s = len(self.keep)
+        self.keep.append(cmd)
+        self.sid[id(cmd)] = s
+        self._tables = None
+        return s
+
+    def _reads(self, cmd, bg, ba) -> np.ndarray:
+        """Flat indices (row x NC + command) of the timing-table entries that the engine
+        reads to place these commands: rows 0 and 1 for an all-bank command; row 0, its
+        bank group's and its bank's row otherwise (see pimsim.engine.kernel._earliest)."""
+        aa = self.addr_all[cmd]
+        c, b = cmd[~aa], bg[~aa]
+        idx = np.concatenate((cmd, NC + cmd[aa], (2 + b) * NC + c,
+                              (2 + self.n_bg + b * self.bpg + ba[~aa]) * NC + c))
+        return np.unique(idx)
+
+    @property
+    def n_pieces(self) -> int:
+        return len(self.piece_off)
+
+    def tables(self):
+        if self._tables is None:
+            read = (np.concatenate(self.read_idx).astype(np.int64) if self.read_idx
+                    else np.zeros(0, dtype=np.int64))
+            self._tables = (np.array(self.piece_ptr, dtype=np.int64),
+                            np.array(self.piece_off, dtype=np.int64),
+                            np.array(self.piece_len, dtype=np.int64),
+                            np.array(self.piece_memo, dtype=np.uint8),
+                            np.array(self.read_ptr, dtype=np.int64), read)
+        return (self.cmd, self.bg, self.ba, self.row) + self._tables
+
+
+class RunStore:
+    """Stored runs of stream pieces, in fixed arrays: the key (piece, entry timing limits
+    the piece reads, relative to its first possible cycle and clipped at 0) -> what the
+    run raised (timing entries, relative), the rows it left open, its counts and cycles."""
+
+    def __init__(self, banks: int, n_classes: int, capacity: int = 1 << 16):
+        self.keys = np.zeros((capacity, 1 + KEY_MAX), dtype=np.int64)
+        self.raise_idx = np.zeros((capacity, RAISE_MAX), dtype=np.int64)
+        self.raise_val = np.zeros((capacity, RAISE_MAX), dtype=np.int64)
+        self.end_open = np.zeros((capacity, banks), dtype=np.int64)
+        self.meta = np.zeros((capacity, 4), dtype=np.int64)
+        self.counts = np.zeros((capacity, N_COMMANDS), dtype=np.int64)
+        self.classes = np.zeros((capacity, n_classes), dtype=np.int64)
+        self.index = Dict.empty(key_type=types.int64, value_type=types.int64)
+        self.used = np.zeros(1, dtype=np.int64)
+        self.runs = np.zeros(0, dtype=np.int64)     # per piece: runs so far
+        self.scratch = np.full(64 * NC, -1, dtype=np.int64)
+
+    def clear(self) -> None:
+        self.index.clear()
+        self.used[0] = 0
+        self.runs = np.zeros(0, dtype=np.int64)
+
+    def tables(self, n_pieces: int, state_len: int):
+        if self.runs.shape[0] < n_pieces:
+            r = np.zeros(max(n_pieces, 2 * self.runs.shape[0]), dtype=np.int64)
+            r[:self.runs.shape[0]] = self.runs
+            self.runs = r
+        if self.scratch.shape[0] < state_len:
+            self.scratch = np.full(state_len, -1, dtype=np.int64)
+        return (self.index, self.keys, self.raise_idx, self.raise_val, self.end_open, self.meta,
+                self.counts, self.classes, self.used, self.runs, self.scratch)
+
+
+@njit(cache=True, inline="always")
+def _ceil_div(a, b):
+    return -((-a) // b)
+
+
+@njit(cache=True)
+def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, store, bufs,
+                 class_of, n_classes, tail_of, counts, classes):
+    """Issue piece ``pc`` on channel ``c``, its first command no earlier than
+    ``not_before``, or replay a stored identical run. Adds its command counts and channel
+    cycles; returns (status, refresh stall, first issue cycle, last read's data end or -1,
+    replayed).
+
+    A run depends on the channel only through the timing entries its commands read,
+    relative to ``base`` (the first cycle any command could issue: limits at or before it
+    bind nothing), and, through refresh, on whether a refresh falls due or a row waits to
+    be re-opened. A run that met neither is stored with what it raised (the engine only
+    ever raises limits, to issue cycle + latency) and the rows it left open; it replays
+    when the same piece finds the same relative entries, nothing waiting to re-open, and
+    the next refresh due after its last command."""
+    (n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat, all_ptr,
+     all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to, tmod_lookahead,
+     refresh, interval) = eng
+    a_cmd, a_bg, a_ba, a_row, _, p_off, p_len, p_memo, r_ptr, r_idx = arena
+    NX, RING, WCOUNT, WHEAD, OPEN, REOPEN, SC = chans
+    (index, keys, raise_idx, raise_val, end_open, meta, s_counts, s_classes, used, runs,
+     scratch) = store
+    release, cyc, key = bufs
+    nx = NX[c]
+    ring = RING[c]
+    wcount = WCOUNT[c]
+    whead = WHEAD[c]
+    open_row = OPEN[c]
+    reopen = REOPEN[c]
+    sc = SC[c]
+    flat = nx.reshape(-1)
+    # no command can issue before base: nx[0] holds limits that bind every command
+    base = not_before
+    if sc[0] + 1 > base:
+        base = sc[0] + 1
+    m0 = nx[0, 0]
+    for k in range(1, NC):
+        if nx[0, k] < m0:
+            m0 = nx[0, k]
+    if m0 > base:
+        base = m0
+    keyed = memo_on and p_memo[pc] != 0 and sc[3] == 0
+    h = 0
+    r0 = r_ptr[pc]
+    nk = r_ptr[pc + 1] - r0
+    if keyed:
+        key[0] = pc
+        h = np.int64(-3750763034362895579) ^ pc
+        for q in range(nk):
+            v = flat[r_idx[r0 + q]] - base
+            if v < 0:
+                v = 0
+            key[1 + q] = v
+            h = (h ^ v) * np.int64(_HASH_MUL)
+        e = index[h] if h in index else -1
+        if e >= 0:
+            same = keys[e, 0] == pc
+            if same:
+                for q in range(1, nk + 1):
+                    if keys[e, q] != key[q]:
+                        same = False
+                        break
+            if same and (refresh_on == 0 or sc[1] - base > meta[e, _LAST]):
+                for q in range(meta[e, _N_RAISE]):
+                    v = raise_val[e, q] + base
+                    i = raise_idx[e, q]
+                    if v > flat[i]:
+                        flat[i] = v
+                for b in range(n_banks):
+                    v = end_open[e, b]
+                    if v != -2:
+                        open_row[b] = v
+                sc[0] = base + meta[e, _LAST]
+                for k in range(counts.shape[0]):
+                    counts[k] += s_counts[e, k]
+                for k in range(n_classes):
+                    classes[k] += s_classes[e, k]
+                read_end = meta[e, _READ_END]
+                return OK, 0, base + meta[e, _FIRST], (read_end + base if read_end >= 0 else -1), True
+    n = p_len[pc]
+    o = p_off[pc]
+    cap = 64 + n // 8
+    snap = (nx.copy(), ring.copy(), wcount.copy(), whead.copy(), open_row.copy(),
+            reopen.copy(), sc.copy())
+    release[0] = not_before
+    while True:
+        run_counts = np.zeros(N_COMMANDS, dtype=np.int64)
+        ins_pos = np.zeros(cap, dtype=np.int64)
+        ins_cmd = np.zeros(cap, dtype=np.int64)
+        ins_bg = np.zeros(cap, dtype=np.int64)
+        ins_ba = np.zeros(cap, dtype=np.int64)
+        ins_row = np.zeros(cap, dtype=np.int64)
+        ins_cycle = np.zeros(cap, dtype=np.int64)
+        status, n_ins, stall = run_channel(
+            n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat,
+            all_ptr, all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to,
+            tmod_lookahead, a_cmd[o:o + n], a_bg[o:o + n], a_ba[o:o + n], a_row[o:o + n],
+            release[:n], refresh, interval, nx, ring, wcount, whead, open_row, reopen, sc,
+            cyc[:n], ins_pos, ins_cmd, ins_bg, ins_ba, ins_row, ins_cycle, run_counts)
+        if status == -1:
+            nx[:] = snap[0]
+            ring[:] = snap[1]
+            wcount[:] = snap[2]
+            whead[:] = snap[3]
+            open_row[:] = snap[4]
+            reopen[:] = snap[5]
+            sc[:] = snap[6]
+            cap *= 4
+            continue
+        break
+    release[0] = 0
+    if status != 0:
+        return ERR_CHANNEL, 0, 0, -1, False
+    run_classes, _, read_end = account_run(cyc[:n], a_cmd[o:o + n], ins_cycle[:n_ins],
+                                           ins_cmd[:n_ins], class_of, n_classes, tail_of)
+    for k in range(counts.shape[0]):
+        counts[k] += run_counts[k]
+    for k in range(n_classes):
+        classes[k] += run_classes[k]
+    first = cyc[0]
+    if n_ins > 0 and ins_cycle[0] < first:
+        first = ins_cycle[0]
+    runs[pc] += 1
+    # a piece's first run is not stored: most pieces that recur do so from step to step
+    if keyed and runs[pc] > 1 and n_ins == 0 and (refresh_on == 0 or sc[1] > sc[0]):
+        n_raise = _raises(a_cmd[o:o + n], a_bg[o:o + n], a_ba[o:o + n], cyc[:n], base, n_bg,
+                          bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr, all_to, all_lat,
+                          scratch)
+        if n_raise <= RAISE_MAX:
+            e = used[0]
+            if e >= keys.shape[0]:
+                index.clear()
+                e = 0
+            used[0] = e + 1
+            for q in range(nk + 1):
+                keys[e, q] = key[q]
+            m = 0
+            for i in range(nx.size):
+                if scratch[i] >= 0:
+                    raise_idx[e, m] = i
+                    raise_val[e, m] = scratch[i]
+                    m += 1
+            for b in range(n_banks):
+                end_open[e, b] = -2
+            for q in range(o, o + n):
+                k = a_cmd[q]
+                if k == ACT or k == PRE or k == REFPB:
+                    b = a_bg[q] * bpg + a_ba[q]
+                    end_open[e, b] = open_row[b]
+                elif k == ACT16 or k == PREA or k == REFAB:
+                    for b in range(n_banks):
+                        end_open[e, b] = open_row[b]
+            meta[e, _LAST] = sc[0] - base
+            meta[e, _FIRST] = cyc[0] - base
+            meta[e, _READ_END] = read_end - base if read_end >= 0 else -1
+            meta[e, _N_RAISE] = m
+            s_counts[e, :] = run_counts
+            s_classes[e, :] = run_classes
+            index[h] = e
+        for i in range(nx.size):
+            scratch[i] = -1
+    return OK, stall, first, read_end, False
+
+
+@njit(cache=True)
+def _raises(cmd, bg, ba, cyc, base, n_bg, bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr,
+            all_to, all_lat, out):
+    """What commands issued at ``cyc`` raise the timing entries to, relative to ``base``
+    (flat row x NC index; -1 where not raised; as pimsim.engine.kernel._apply_all and
+    _apply_bank update them); returns how many entries."""
+    m = 0
+    for i in range(cmd.shape[0]):
+        c = cmd[i]
+        t = cyc[i] - base
+        if addr_all[c]:
+            for k in range(all_ptr[c], all_ptr[c + 1]):
+                m += _raise(out, all_to[k], t + all_lat[k])
+        else:
+            for k in range(upd_ptr[0, c], upd_ptr[0, c + 1]):
+                m += _raise(out, upd_to[0, k], t + upd_lat[0, k])
+            rg = (2 + bg[i]) * NC
+            for k in range(upd_ptr[1, c], upd_ptr[1, c + 1]):
+                v = t + upd_lat[1, k]
+                m += _raise(out, rg + upd_to[1, k], v)
+                m += _raise(out, NC + upd_to[1, k], v)
+            rb = (2 + n_bg + bg[i] * bpg + ba[i]) * NC
+            for k in range(upd_ptr[2, c], upd_ptr[2, c + 1]):
+                v = t + upd_lat[2, k]
+                m += _raise(out, rb + upd_to[2, k], v)
+                m += _raise(out, NC + upd_to[2, k], v)
+    return m
+
+
+@njit(cache=True, inline="always")
+def _raise(out, i, v):
+    """Raise entry i to v; 1 if it was not raised before."""
+    new = 1 if out[i] < 0 else 0
+    if v > out[i]:
+        out[i] = v
+    return new
+
+
+@njit(cache=True)
+def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bufs,
+           class_of, n_classes, tail_of, counts, classes, misc):
+    """Issue stream ``sid`` on channel ``c``, its first command no earlier than
+    ``not_before``, piece by piece. Returns (status, refresh stall, tail: cycles from the
+    last issue until the last read's data is back, at least 1; first issue cycle)."""
+    a_cmd = arena[0]
+    p_ptr, p_off, p_len = arena[4], arena[5], arena[6]
+    sc = chans[6][c]
+    stall = 0
+    first = -1
+    read_end = -1
+    for pc in range(p_ptr[sid], p_ptr[sid + 1]):
+        last_before = sc[0]
+        status, st, f, re, hit = _issue_piece(c, pc, not_before if first < 0 else 0, eng,
+                                              arena, chans, memo_on, refresh_on, store, bufs,
+                                              class_of, n_classes, tail_of, counts, classes)
+        if status != OK:
+            return status, 0, 0, 0
+        if first < 0:
+            first = f
+        else:
+            # the gap after the previous piece's last command goes to that command
+            classes[class_of[a_cmd[p_off[pc] - 1]]] += f - last_before - 1
+        if hit:
+            misc[M_HITS] += 1
+        else:
+            misc[M_ISSUED] += 1
+            misc[M_ISSUED_CMDS] += p_len[pc]
+        stall += st
+        if re > read_end:
+            read_end = re
+    tail = 1
+    if read_end - sc[0] > tail:
+        tail = read_end - sc[0]
+    return OK, stall, tail, first
+
+
+@njit(cache=True)
+def _start_kernel(x, now, sid, c, tck, eng, arena, chans, refr, memo_on, refresh_on, store,
+                  bufs, class_of, n_classes, tail_of, counts, classes, misc):
+    """A kernel granted its channel at ``now`` (ps): postponed refreshes first, then its
+    commands. Returns (status, when the channel falls free, when its results are ready)."""
+    if sid < 0:
+        return OK, now, now
+    postpone, pull_in, rfc, block_of, fl_cmd, fl_cyc = refr
+    all_ptr, all_to, all_lat = eng[9], eng[10], eng[11]
+    interval = eng[19]
+    NX, RING, WCOUNT, WHEAD, OPEN, REOPEN, SC = chans
+    sc = SC[c]
+    not_before = _ceil_div(now, tck)
+    prev0 = sc[0]
+    nf = 0
+    if postpone > 0:
+        first_due = sc[1] - postpone * interval
+        owed = (not_before - first_due) // interval + 1
+        if owed < 0:
+            owed = 0
+        need = owed + 1 + max(pull_in, 0)
+        if need > fl_cmd.shape[0]:
+            fl_cmd = np.zeros(2 * need, dtype=np.int64)
+            fl_cyc = np.zeros(2 * need, dtype=np.int64)
+        nf = postponed_refresh(NX[c], OPEN[c], REOPEN[c], sc, all_ptr, all_to, all_lat,
+                               not_before, postpone, pull_in, interval, rfc, fl_cmd, fl_cyc)
+        if nf < 0:
+            return ERR_REFRESH, 0, 0
+    status, stall, tail, first = _issue(c, sid, not_before, eng, arena, chans, memo_on,
+                                        refresh_on, store, bufs, class_of, n_classes, tail_of,
+                                        counts, classes, misc)
+    if status != OK:
+        return status, 0, 0
+    if nf > 0:
+        for j in range(nf):
+            k = fl_cmd[j]
+            counts[k] += 1
+            t2 = fl_cyc[j + 1] if j + 1 < nf else first
+            d = t2 - fl_cyc[j]
+            if block_of[k] < d:
+                d = block_of[k]
+            classes[class_of[k]] += d
+        end = fl_cyc[nf - 1] + block_of[fl_cmd[nf - 1]]
+        lo = not_before if not_before > prev0 + 1 else prev0 + 1
+        if end - lo > 0:
+            stall += end - lo
+    misc[M_STALL] += stall
+    last = sc[0]
+    free = (last + 1) * tck
+    if now > free:
+        free = now
+    done = (last + tail) * tck
+    if free > done:
+        done = free
+    return OK, free, done
+
+
+@njit(cache=True)
+def _arrival(u, t0, start_delay, in_ptr, in_src, in_lat, nrank, end):
+    """(input waited for: node, -1 for the step start, -2 none; its link delay; ready)."""
+    via = -2
+    delay = 0
+    last = 0
+    have = False
+    if start_delay[u] != 0:
+        via = -1
+        last = t0
+        have = True
+    for q in range(in_ptr[u], in_ptr[u + 1]):
+        p = in_src[q]
+        arrive = end[p] + in_lat[q]
+        if (not have or arrive > last
+                or (arrive == last and (via < 0 or nrank[p] > nrank[via]))):
+            last = arrive
+            via = p
+            delay = in_lat[q]
+            have = True
+    ready = t0 + start_delay[u]
+    if have and last > ready:
+        ready = last
+    return via, delay, ready
+
+
+@njit(cache=True)
+def run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod, user_ptr,
+             user_idx, dur, ksid, kchan, t0, n_res, tck, eng, arena, chans, refr, memo_on,
+             refresh_on, store, bufs, class_of, n_classes, tail_of,
+             o_ready, o_start, o_end, o_via, o_delay, counts, classes, misc):
+    """One step's schedule (see :meth:`pimsim.system.SystemSimulator._run_listed`): kind 0
+    kernel (stream ``ksid`` on channel ``kchan``), 1 ASIC operator (``dur`` ps); resource
+    ``res``; inputs CSR (producer, link latency); users CSR over distinct producers."""
+    n = kind.shape[0]
+    READY, RELEASE, FINISH = 0, 1, 2
+    left = n_prod.copy()
+    busy = np.zeros(n_res, dtype=np.uint8)
+    heap = [(np.int64(0), np.int64(0), np.int64(0), np.int64(0))]
+    heap.pop()
+    waiting = []
+    for r in range(n_res):
+        w = [(np.int64(0), np.int64(0), np.int64(0))]
+        w.pop()
+        waiting.append(w)
+    seq = 0
+    for x in range(n):
+        if n_prod[x] == 0:
+            heap.append((t0 + start_delay[x], np.int64(seq), np.int64(READY), np.int64(x)))
+            seq += 1
+    heapq.heapify(heap)
+    now = t0
+    while len(heap) > 0:
+        now = heap[0][0]
+        while len(heap) > 0 and heap[0][0] == now:
+            ev = heapq.heappop(heap)
+            what = ev[2]
+            x = ev[3]
+            if what == READY:
+                heapq.heappush(waiting[res[x]], (prio[x], now, x))
+            elif what == RELEASE:
+                busy[x] = 0
+            else:
+                o_end[x] = now
+                for q in range(user_ptr[x], user_ptr[x + 1]):
+                    u = user_idx[q]
+                    left[u] -= 1
+                    if left[u] == 0:
+                        via, delay, r = _arrival(u, t0, start_delay, in_ptr, in_src, in_lat,
+                                                 nrank, o_end)
+                        heapq.heappush(heap, (max(r, now), np.int64(seq), np.int64(READY), u))
+                        seq += 1
+        for r in range(n_res):
+            if busy[r] != 0 or len(waiting[r]) == 0:
+                continue
+            item = heapq.heappop(waiting[r])
+            ready = item[1]
+            x = item[2]
+            busy[r] = 1
+            via, delay, _ = _arrival(x, t0, start_delay, in_ptr, in_src, in_lat, nrank, o_end)
+            if kind[x] == 0:
+                status, free, end = _start_kernel(x, now, ksid[x], kchan[x], tck, eng, arena,
+                                                  chans, refr, memo_on, refresh_on, store, bufs,
+                                                  class_of, n_classes, tail_of, counts,
+                                                  classes, misc)
+                if status != OK:
+                    misc[M_STATUS] = status
+                    misc[M_CHANNEL] = kchan[x]
+                    return
+            else:
+                free = now + dur[x]
+                end = free
+            o_ready[x] = ready
+            o_start[x] = now
+            o_via[x] = via
+            o_delay[x] = delay
+            heapq.heappush(heap, (free, np.int64(seq), np.int64(RELEASE), np.int64(r)))
+            heapq.heappush(heap, (end, np.int64(seq + 1), np.int64(FINISH), x))
+            seq += 2
+    misc[M_NOW] = now
+
+
+@njit(cache=True)
+def _csr(n, key, val):
+    """Rows ``key`` -> values ``val`` in input order (a stable bucket sort)."""
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    for e in range(key.shape[0]):
+        ptr[key[e] + 1] += 1
+    for v in range(n):
+        ptr[v + 1] += ptr[v]
+    fill = ptr[:-1].copy()
+    out = np.empty(key.shape[0], dtype=np.int64)
+    for e in range(key.shape[0]):
+        out[fill[key[e]]] = val[e]
+        fill[key[e]] += 1
+    return ptr, out
+
+
+@njit(cache=True)
+def prepare(is_transfer, src, dst, link):
+    """A step's program graph (nodes in insertion order, edges in first-insertion order)
+    as the schedulers see it: the non-transfer nodes in the topological order of
+    ``networkx.topological_sort`` (Kahn's generations, successors in edge order), each
+    with its inputs (producer position, link latency accumulated through transfers), the
+    link latency of inputs from outside the step, its distinct producers and its users.
+
+    Returns (order: node per position, inputs ptr, producer, latency, start delay,
+    producers ptr, producers, users ptr, users); order is empty if the graph has a cycle."""
+    n = is_transfer.shape[0]
+    sptr, succ = _csr(n, src, dst)
+    pptr, pred = _csr(n, dst, src)
+    left = np.zeros(n, dtype=np.int64)
+    for e in range(dst.shape[0]):
+        left[dst[e]] += 1
+    topo = np.empty(n, dtype=np.int64)
+    k = 0
+    for v in range(n):
+        if left[v] == 0:
+            topo[k] = v
+            k += 1
+    head = 0
+    while head < k:
+        gen_end = k
+        while head < gen_end:
+            v = topo[head]
+            head += 1
+            for q in range(sptr[v], sptr[v + 1]):
+                w = succ[q]
+                left[w] -= 1
+                if left[w] == 0:
+                    topo[k] = w
+                    k += 1
+    if k < n:
+        z = np.empty(0, dtype=np.int64)
+        return z, z, z, z, z, z, z, z, z
+    pos = np.full(n, -1, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        v = topo[i]
+        if not is_transfer[v]:
+            pos[v] = m
+            m += 1
+    order = np.empty(m, dtype=np.int64)
+    for v in range(n):
+        if pos[v] >= 0:
+            order[pos[v]] = v
+    in_ptr = np.zeros(m + 1, dtype=np.int64)
+    in_src = []
+    in_lat = []
+    start_delay = np.zeros(m, dtype=np.int64)
+    pr_ptr = np.zeros(m + 1, dtype=np.int64)
+    producers = []
+    seen = np.full(m, -1, dtype=np.int64)
+    stack_v = np.empty(16, dtype=np.int64)
+    stack_l = np.empty(16, dtype=np.int64)
+    for i in range(m):
+        v = order[i]
+        sp = 0
+        for q in range(pptr[v + 1] - 1, pptr[v] - 1, -1):
+            if sp == stack_v.shape[0]:
+                stack_v = np.concatenate((stack_v, stack_v))
+                stack_l = np.concatenate((stack_l, stack_l))
+            stack_v[sp] = pred[q]
+            stack_l[sp] = 0
+            sp += 1
+        while sp > 0:
+            sp -= 1
+            x = stack_v[sp]
+            lat = stack_l[sp]
+            if not is_transfer[x]:
+                p = pos[x]
+                in_src.append(p)
+                in_lat.append(lat)
+                if seen[p] != i:
+                    seen[p] = i
+                    producers.append(p)
+            elif pptr[x + 1] == pptr[x]:
+                if lat > start_delay[i]:
+                    start_delay[i] = lat
+            else:
+                for q in range(pptr[x + 1] - 1, pptr[x] - 1, -1):
+                    if sp == stack_v.shape[0]:
+                        stack_v = np.concatenate((stack_v, stack_v))
+                        stack_l = np.concatenate((stack_l, stack_l))
+                    stack_v[sp] = pred[q]
+                    stack_l[sp] = lat + link
+                    sp += 1
+        in_ptr[i + 1] = len(in_src)
+        pr_ptr[i + 1] = len(producers)
+    prod = np.array(producers, dtype=np.int64) if len(producers) else np.empty(0, dtype=np.int64)
+    owner = np.empty(prod.shape[0], dtype=np.int64)
+    for i in range(m):
+        for q in range(pr_ptr[i], pr_ptr[i + 1]):
+            owner[q] = i
+    user_ptr, users = _csr(m, prod, owner)
+    src_a = np.array(in_src, dtype=np.int64) if len(in_src) else np.empty(0, dtype=np.int64)
+    lat_a = np.array(in_lat, dtype=np.int64) if len(in_lat) else np.empty(0, dtype=np.int64)
+    return order, in_ptr, src_a, lat_a, start_delay, pr_ptr, prod, user_ptr, users
