@@ -78,11 +78,33 @@ def account_run(cycles, cmd, ins_cycle, ins_cmd, class_of, n_classes, tail_of):
     return out, tail, last_read_end
 
 
+class _Vec:
+    """A growable int64 array (amortised appends; ``view`` is the filled part)."""
+
+    def __init__(self, cap: int = 1024):
+        self.a = np.zeros(cap, dtype=np.int64)
+        self.n = 0
+
+    def extend(self, values) -> None:
+        values = np.asarray(values, dtype=np.int64)
+        k = values.shape[0]
+        if self.n + k > self.a.shape[0]:
+            a = np.zeros(max(2 * self.a.shape[0], self.n + k), dtype=np.int64)
+            a[:self.n] = self.a[:self.n]
+            self.a = a
+        self.a[self.n:self.n + k] = values
+        self.n += k
+
+    @property
+    def view(self) -> np.ndarray:
+        return self.a[:self.n]
+
+
 class Arena:
-    """Command streams registered once, by identity of their ``cmd`` array, in four
-    growing int64 arrays; ``sid`` numbers them. Each stream is cut into pieces (one
-    piece unless longer than 2 x CHUNK); stored runs are kept per piece. Cleared (with
-    the stored runs keyed by it) when it would pass ``limit`` commands."""
+    """Command streams registered once, by identity of their ``cmd`` array, in growing
+    int64 arrays; ``sid`` numbers them. Each stream is cut into pieces (one piece unless
+    longer than 2 x CHUNK); stored runs are kept per piece. Cleared (with the stored runs
+    keyed by it) when it would pass ``limit`` commands."""
 
     def __init__(self, in_window: np.ndarray, tmod: int, addr_all: np.ndarray, n_bg: int,
                  bpg: int, limit: int = 1 << 25):
@@ -93,26 +115,22 @@ class Arena:
         self.bpg = bpg
         self.limit = limit
         self.generation = -1
-        self._clear(1 << 16)
+        self._clear()
 
-    def _clear(self, cap: int) -> None:
-        self.cmd = np.zeros(cap, dtype=np.int64)
-        self.bg = np.zeros(cap, dtype=np.int64)
-        self.ba = np.zeros(cap, dtype=np.int64)
-        self.row = np.zeros(cap, dtype=np.int64)
-        self.used = 0
-        self.piece_ptr: list[int] = [0]   # per stream: its pieces
-        self.piece_off: list[int] = []    # per piece: arena offset, length, replayable
-        self.piece_len: list[int] = []
-        self.piece_memo: list[bool] = []
-        self.read_ptr: list[int] = [0]    # per piece: the timing entries its commands read
-        self.read_idx: list = []
-        self.n_read = 0
-        self.keep: list = []              # the cmd arrays, kept alive while their sid stands
+    def _clear(self) -> None:
+        self.cmd, self.bg, self.ba, self.row = _Vec(1 << 16), _Vec(1 << 16), _Vec(1 << 16), _Vec(1 << 16)
+        self.piece_ptr = _Vec()     # per stream: its pieces
+        self.piece_ptr.extend([0])
+        self.piece_off = _Vec()     # per piece: arena offset, length, replayable
+        self.piece_len = _Vec()
+        self.piece_memo = _Vec()
+        self.read_ptr = _Vec()      # per piece: the timing entries its commands read
+        self.read_ptr.extend([0])
+        self.read_idx = _Vec()
+        self.keep: list = []        # the cmd arrays, kept alive while their sid stands
         self.sid: dict[int, int] = {}
         self.max_len = 1
         self.generation += 1
-        self._tables = None
 
     def sid_of(self, stream) -> int:
         """The stream's number, registering it first if new (-1: empty stream)."""
@@ -123,20 +141,13 @@ class Arena:
         n = len(cmd)
         if n == 0:
             return -1
-        if self.used + n > self.limit and self.used:
-            self._clear(self.cmd.shape[0])
-        if self.used + n > self.cmd.shape[0]:
-            cap = max(2 * self.cmd.shape[0], self.used + n)
-            for f in ("cmd", "bg", "ba", "row"):
-                a = np.zeros(cap, dtype=np.int64)
-                a[:self.used] = getattr(self, f)[:self.used]
-                setattr(self, f, a)
-        u = self.used
-        self.cmd[u:u + n] = cmd
-        self.bg[u:u + n] = stream.bg
-        self.ba[u:u + n] = stream.ba
-        self.row[u:u + n] = stream.row
-        self.used = u + n
+        if self.cmd.n + n > self.limit and self.cmd.n:
+            self._clear()
+        u = self.cmd.n
+        self.cmd.extend(cmd)
+        self.bg.extend(stream.bg)
+        self.ba.extend(stream.ba)
+        self.row.extend(stream.row)
         cuts = [0]
         if n > 2 * CHUNK:
             k = CHUNK
@@ -148,23 +159,21 @@ class Arena:
         cuts.append(n)
         win = self.in_window[cmd]
         for lo, hi in zip(cuts[:-1], cuts[1:]):
-            self.piece_off.append(u + lo)
-            self.piece_len.append(hi - lo)
             memo = not win[lo:hi].any()
             if memo:
                 read = self._reads(cmd[lo:hi], stream.bg[lo:hi], stream.ba[lo:hi])
                 memo = len(read) <= KEY_MAX
             if memo:
-                self.read_idx.append(read)
-                self.n_read += len(read)
-            self.read_ptr.append(self.n_read)
-            self.piece_memo.append(memo)
+                self.read_idx.extend(read)
+            self.read_ptr.extend([self.read_idx.n])
+            self.piece_off.extend([u + lo])
+            self.piece_len.extend([hi - lo])
+            self.piece_memo.extend([memo])
             self.max_len = max(self.max_len, hi - lo)
-        self.piece_ptr.append(len(self.piece_off))
+        self.piece_ptr.extend([self.piece_off.n])
         s = len(self.keep)
         self.keep.append(cmd)
         self.sid[id(cmd)] = s
-        self._tables = None
         return s
 
     def _reads(self, cmd, bg, ba) -> np.ndarray:
@@ -179,18 +188,12 @@ class Arena:
 
     @property
     def n_pieces(self) -> int:
-        return len(self.piece_off)
+        return self.piece_off.n
 
     def tables(self):
-        if self._tables is None:
-            read = (np.concatenate(self.read_idx).astype(np.int64) if self.read_idx
-                    else np.zeros(0, dtype=np.int64))
-            self._tables = (np.array(self.piece_ptr, dtype=np.int64),
-                            np.array(self.piece_off, dtype=np.int64),
-                            np.array(self.piece_len, dtype=np.int64),
-                            np.array(self.piece_memo, dtype=np.uint8),
-                            np.array(self.read_ptr, dtype=np.int64), read)
-        return (self.cmd, self.bg, self.ba, self.row) + self._tables
+        return (self.cmd.a, self.bg.a, self.ba.a, self.row.a, self.piece_ptr.view,
+                self.piece_off.view, self.piece_len.view, self.piece_memo.view,
+                self.read_ptr.view, self.read_idx.view)
 
 
 class RunStore:

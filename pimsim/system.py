@@ -632,7 +632,7 @@ class _Compiled:
         if self.arena.generation != self.generation:
             self.store.clear()
             self.arena.limit = max(self.arena.limit, sum(len(s) for s in streams))
-            self.arena._clear(self.arena.cmd.shape[0])
+            self.arena._clear()
             out = [self.arena.sid_of(s) for s in streams]
             self.generation = self.arena.generation
         return out
