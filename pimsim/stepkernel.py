@@ -27,10 +27,11 @@ from pimsim.standard import N_COMMANDS
 OK, ERR_CHANNEL, ERR_REFRESH = 0, 1, 2
 #: misc outputs of run_step
 M_STALL, M_NOW, M_HITS, M_STATUS, M_CHANNEL, M_ISSUED, M_ISSUED_CMDS = range(7)
-#: meta columns of a stored run (cycles relative to its base; read end -1: no read)
-_LAST, _FIRST, _READ_END, _N_RAISE = range(4)
-#: at most this many timing entries keyed, and raised, per stored piece
-KEY_MAX, RAISE_MAX = 48, 96
+#: meta columns of a stored run (cycles relative to its base; read end -1: no read), and
+#: where its key, raises and window events lie in the store's pools
+_LAST, _FIRST, _READ_END, _KEY_AT, _KEY_LEN, _RAISE_AT, _N_RAISE, _EV_AT = range(8)
+#: pieces reading more timing entries than this are not keyed
+KEY_MAX = 256
 #: streams longer than this are issued, and their runs stored, in pieces of about CHUNK
 #: commands (issuing a stream in pieces gives the cycles of issuing it at once, as long
 #: as no piece ends with a TMOD), so the refresh-free pieces of a long kernel replay
@@ -106,9 +107,10 @@ class Arena:
     longer than 2 x CHUNK); stored runs are kept per piece. Cleared (with the stored runs
     keyed by it) when it would pass ``limit`` commands."""
 
-    def __init__(self, in_window: np.ndarray, tmod: int, addr_all: np.ndarray, n_bg: int,
-                 bpg: int, limit: int = 1 << 25):
-        self.in_window = in_window
+    def __init__(self, win_to: np.ndarray, win_from: np.ndarray, tmod: int,
+                 addr_all: np.ndarray, n_bg: int, bpg: int, limit: int = 1 << 25):
+        self.w_to = win_to.astype(bool)
+        self.w_from = win_from.astype(np.int64)
         self.tmod = tmod
         self.addr_all = addr_all.astype(bool)
         self.n_bg = n_bg
@@ -127,6 +129,8 @@ class Arena:
         self.read_ptr = _Vec()      # per piece: the timing entries its commands read
         self.read_ptr.extend([0])
         self.read_idx = _Vec()
+        self.win_to = _Vec()        # per piece and window: does a command wait on it
+        self.win_from = _Vec()      # per piece and window: commands entering it
         self.keep: list = []        # the cmd arrays, kept alive while their sid stands
         self.sid: dict[int, int] = {}
         self.max_len = 1
@@ -157,14 +161,13 @@ class Arena:
                 cuts.append(k)
                 k += CHUNK
         cuts.append(n)
-        win = self.in_window[cmd]
         for lo, hi in zip(cuts[:-1], cuts[1:]):
-            memo = not win[lo:hi].any()
-            if memo:
-                read = self._reads(cmd[lo:hi], stream.bg[lo:hi], stream.ba[lo:hi])
-                memo = len(read) <= KEY_MAX
+            read = self._reads(cmd[lo:hi], stream.bg[lo:hi], stream.ba[lo:hi])
+            memo = len(read) <= KEY_MAX
             if memo:
                 self.read_idx.extend(read)
+            self.win_to.extend(self.w_to[:, cmd[lo:hi]].any(axis=1))
+            self.win_from.extend(self.w_from[:, cmd[lo:hi]].sum(axis=1))
             self.read_ptr.extend([self.read_idx.n])
             self.piece_off.extend([u + lo])
             self.piece_len.extend([hi - lo])
@@ -193,30 +196,35 @@ class Arena:
     def tables(self):
         return (self.cmd.a, self.bg.a, self.ba.a, self.row.a, self.piece_ptr.view,
                 self.piece_off.view, self.piece_len.view, self.piece_memo.view,
-                self.read_ptr.view, self.read_idx.view)
+                self.read_ptr.view, self.read_idx.view, self.win_to.view, self.win_from.view)
 
 
 class RunStore:
-    """Stored runs of stream pieces, in fixed arrays: the key (piece, entry timing limits
-    the piece reads, relative to its first possible cycle and clipped at 0) -> what the
-    run raised (timing entries, relative), the rows it left open, its counts and cycles."""
+    """Stored runs of stream pieces: the key (piece; the timing entries the piece reads and
+    the four-activate-style windows it waits on, relative to its first possible cycle and
+    clipped at 0) -> what the run raised, the window events it added, the rows it left
+    open, its counts and cycles. Keys, raises and events lie in pools; everything is
+    dropped when an array is full."""
 
-    def __init__(self, banks: int, n_classes: int, capacity: int = 1 << 16):
-        self.keys = np.zeros((capacity, 1 + KEY_MAX), dtype=np.int64)
-        self.raise_idx = np.zeros((capacity, RAISE_MAX), dtype=np.int64)
-        self.raise_val = np.zeros((capacity, RAISE_MAX), dtype=np.int64)
+    def __init__(self, banks: int, n_classes: int, capacity: int = 1 << 16,
+                 pool: int = 1 << 23):
+        self.meta = np.zeros((capacity, 8), dtype=np.int64)
         self.end_open = np.zeros((capacity, banks), dtype=np.int64)
-        self.meta = np.zeros((capacity, 4), dtype=np.int64)
         self.counts = np.zeros((capacity, N_COMMANDS), dtype=np.int64)
         self.classes = np.zeros((capacity, n_classes), dtype=np.int64)
+        self.key_pool = np.zeros(pool, dtype=np.int64)
+        self.raise_idx = np.zeros(pool, dtype=np.int64)
+        self.raise_val = np.zeros(pool, dtype=np.int64)
+        self.ev_pool = np.zeros(pool // 8, dtype=np.int64)
         self.index = Dict.empty(key_type=types.int64, value_type=types.int64)
-        self.used = np.zeros(1, dtype=np.int64)
+        #: entries, key pool, raise pool, event pool in use
+        self.used = np.zeros(4, dtype=np.int64)
         self.runs = np.zeros(0, dtype=np.int64)     # per piece: runs so far
         self.scratch = np.full(64 * NC, -1, dtype=np.int64)
 
     def clear(self) -> None:
         self.index.clear()
-        self.used[0] = 0
+        self.used[:] = 0
         self.runs = np.zeros(0, dtype=np.int64)
 
     def tables(self, n_pieces: int, state_len: int):
@@ -226,8 +234,8 @@ class RunStore:
             self.runs = r
         if self.scratch.shape[0] < state_len:
             self.scratch = np.full(state_len, -1, dtype=np.int64)
-        return (self.index, self.keys, self.raise_idx, self.raise_val, self.end_open, self.meta,
-                self.counts, self.classes, self.used, self.runs, self.scratch)
+        return (self.index, self.meta, self.end_open, self.counts, self.classes, self.key_pool,
+                self.raise_idx, self.raise_val, self.ev_pool, self.used, self.runs, self.scratch)
 
 
 @njit(cache=True, inline="always")
@@ -243,20 +251,22 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
     cycles; returns (status, refresh stall, first issue cycle, last read's data end or -1,
     replayed).
 
-    A run depends on the channel only through the timing entries its commands read,
-    relative to ``base`` (the first cycle any command could issue: limits at or before it
-    bind nothing), and, through refresh, on whether a refresh falls due or a row waits to
-    be re-opened. A run that met neither is stored with what it raised (the engine only
-    ever raises limits, to issue cycle + latency) and the rows it left open; it replays
-    when the same piece finds the same relative entries, nothing waiting to re-open, and
-    the next refresh due after its last command."""
+    A run depends on the channel only through the timing entries its commands read and
+    the activate windows they wait on, relative to ``base`` (the first cycle any command
+    could issue: limits at or before it bind nothing), and, through refresh, on whether a
+    refresh falls due or a row waits to be re-opened. A run that met neither is stored
+    with what it raised (the engine only ever raises limits, to issue cycle + latency),
+    the window events it added and the rows it left open; it replays when the same piece
+    finds the same relative entries and windows, nothing waiting to re-open, and the next
+    refresh due after its last command."""
     (n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat, all_ptr,
      all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to, tmod_lookahead,
      refresh, interval) = eng
-    a_cmd, a_bg, a_ba, a_row, _, p_off, p_len, p_memo, r_ptr, r_idx = arena
+    a_cmd, a_bg, a_ba, a_row, _, p_off, p_len, p_memo, r_ptr, r_idx, p_wto, p_wfrom = arena
     NX, RING, WCOUNT, WHEAD, OPEN, REOPEN, SC = chans
-    (index, keys, raise_idx, raise_val, end_open, meta, s_counts, s_classes, used, runs,
-     scratch) = store
+    (index, meta, end_open, s_counts, s_classes, key_pool, raise_idx, raise_val, ev_pool,
+     used, runs, scratch) = store
+    n_win = win_size.shape[0]
     release, cyc, key = bufs
     nx = NX[c]
     ring = RING[c]
@@ -278,31 +288,55 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
         base = m0
     keyed = memo_on and p_memo[pc] != 0 and sc[3] == 0
     h = 0
-    r0 = r_ptr[pc]
-    nk = r_ptr[pc + 1] - r0
+    nk = 0
     if keyed:
         key[0] = pc
-        h = np.int64(-3750763034362895579) ^ pc
-        for q in range(nk):
+        nk = 1
+        r0 = r_ptr[pc]
+        for q in range(r_ptr[pc + 1] - r0):
             v = flat[r_idx[r0 + q]] - base
-            if v < 0:
-                v = 0
-            key[1 + q] = v
-            h = (h ^ v) * np.int64(_HASH_MUL)
+            key[nk] = v if v > 0 else 0
+            nk += 1
+        for w in range(n_win):
+            if p_wto[pc * n_win + w] != 0:
+                size = win_size[w]
+                key[nk] = wcount[w] if wcount[w] < size else size
+                nk += 1
+                for j in range(size):
+                    v = ring[w, (whead[w] + j) % size] + win_lat[w] - base
+                    key[nk] = v if v > 0 else 0
+                    nk += 1
+        h = np.int64(-3750763034362895579)
+        for q in range(nk):
+            h = (h ^ key[q]) * np.int64(_HASH_MUL)
         e = index[h] if h in index else -1
         if e >= 0:
-            same = keys[e, 0] == pc
+            same = meta[e, _KEY_LEN] == nk
             if same:
-                for q in range(1, nk + 1):
-                    if keys[e, q] != key[q]:
+                k0 = meta[e, _KEY_AT]
+                for q in range(nk):
+                    if key_pool[k0 + q] != key[q]:
                         same = False
                         break
             if same and (refresh_on == 0 or sc[1] - base > meta[e, _LAST]):
+                r0 = meta[e, _RAISE_AT]
                 for q in range(meta[e, _N_RAISE]):
-                    v = raise_val[e, q] + base
-                    i = raise_idx[e, q]
+                    v = raise_val[r0 + q] + base
+                    i = raise_idx[r0 + q]
                     if v > flat[i]:
                         flat[i] = v
+                ev = meta[e, _EV_AT]
+                for w in range(n_win):
+                    kw = p_wfrom[pc * n_win + w]
+                    if kw > 0:
+                        size = win_size[w]
+                        m = kw if kw < size else size
+                        head = (whead[w] + kw) % size
+                        for j in range(m):
+                            ring[w, (head - m + j) % size] = ev_pool[ev] + base
+                            ev += 1
+                        whead[w] = head
+                        wcount[w] += kw
                 for b in range(n_banks):
                     v = end_open[e, b]
                     if v != -2:
@@ -363,39 +397,60 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
         n_raise = _raises(a_cmd[o:o + n], a_bg[o:o + n], a_ba[o:o + n], cyc[:n], base, n_bg,
                           bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr, all_to, all_lat,
                           scratch)
-        if n_raise <= RAISE_MAX:
-            e = used[0]
-            if e >= keys.shape[0]:
-                index.clear()
-                e = 0
-            used[0] = e + 1
-            for q in range(nk + 1):
-                keys[e, q] = key[q]
-            m = 0
-            for i in range(nx.size):
-                if scratch[i] >= 0:
-                    raise_idx[e, m] = i
-                    raise_val[e, m] = scratch[i]
-                    m += 1
-            for b in range(n_banks):
-                end_open[e, b] = -2
-            for q in range(o, o + n):
-                k = a_cmd[q]
-                if k == ACT or k == PRE or k == REFPB:
-                    b = a_bg[q] * bpg + a_ba[q]
-                    end_open[e, b] = open_row[b]
-                elif k == ACT16 or k == PREA or k == REFAB:
-                    for b in range(n_banks):
-                        end_open[e, b] = open_row[b]
-            meta[e, _LAST] = sc[0] - base
-            meta[e, _FIRST] = cyc[0] - base
-            meta[e, _READ_END] = read_end - base if read_end >= 0 else -1
-            meta[e, _N_RAISE] = m
-            s_counts[e, :] = run_counts
-            s_classes[e, :] = run_classes
-            index[h] = e
+        n_ev = 0
+        for w in range(n_win):
+            kw = p_wfrom[pc * n_win + w]
+            n_ev += kw if kw < win_size[w] else win_size[w]
+        if (used[0] >= meta.shape[0] or used[1] + nk > key_pool.shape[0]
+                or used[2] + n_raise > raise_idx.shape[0] or used[3] + n_ev > ev_pool.shape[0]):
+            index.clear()
+            used[:] = 0
+        e = used[0]
+        used[0] = e + 1
+        meta[e, _KEY_AT] = used[1]
+        meta[e, _KEY_LEN] = nk
+        for q in range(nk):
+            key_pool[used[1] + q] = key[q]
+        used[1] += nk
+        meta[e, _RAISE_AT] = used[2]
+        m = used[2]
         for i in range(nx.size):
-            scratch[i] = -1
+            if scratch[i] >= 0:
+                raise_idx[m] = i
+                raise_val[m] = scratch[i]
+                m += 1
+                scratch[i] = -1
+        meta[e, _N_RAISE] = m - used[2]
+        used[2] = m
+        meta[e, _EV_AT] = used[3]
+        for w in range(n_win):
+            kw = p_wfrom[pc * n_win + w]
+            if kw > 0:
+                size = win_size[w]
+                skip = kw - size if kw > size else 0
+                seen = 0
+                for q in range(o, o + n):
+                    if win_from[w, a_cmd[q]]:
+                        if seen >= skip:
+                            ev_pool[used[3]] = cyc[q - o] - base
+                            used[3] += 1
+                        seen += 1
+        for b in range(n_banks):
+            end_open[e, b] = -2
+        for q in range(o, o + n):
+            k = a_cmd[q]
+            if k == ACT or k == PRE or k == REFPB:
+                b = a_bg[q] * bpg + a_ba[q]
+                end_open[e, b] = open_row[b]
+            elif k == ACT16 or k == PREA or k == REFAB:
+                for b in range(n_banks):
+                    end_open[e, b] = open_row[b]
+        meta[e, _LAST] = sc[0] - base
+        meta[e, _FIRST] = cyc[0] - base
+        meta[e, _READ_END] = read_end - base if read_end >= 0 else -1
+        s_counts[e, :] = run_counts
+        s_classes[e, :] = run_classes
+        index[h] = e
     return OK, stall, first, read_end, False
 
 

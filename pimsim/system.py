@@ -611,8 +611,8 @@ class _Compiled:
         if sim.postpone and not _channel_wide_ok(ct):
             raise PimsimError(f"{sim.dram.name}: postponed refresh needs PREA and REFab free "
                               f"of window rules")
-        self.arena = sk.Arena(sim._in_window, CMD_ID["TMOD"], ct.addr_all, ct.n_bankgroups,
-                              ct.banks_per_bankgroup)
+        self.arena = sk.Arena(ct.win_to, ct.win_from, CMD_ID["TMOD"], ct.addr_all,
+                              ct.n_bankgroups, ct.banks_per_bankgroup)
         self.store = sk.RunStore(ct.n_banks, len(_CLASSES))
         self.generation = self.arena.generation
         self.eng = ct.kernel_args() + (ct.refresh, ct.refresh_interval)
@@ -622,6 +622,7 @@ class _Compiled:
         self.refr = (int(sim.postpone), int(sim.pull_in), int(sim._blocks[CMD_ID["REFab"]]),
                      block_of, np.zeros(64, dtype=np.int64), np.zeros(64, dtype=np.int64))
         self.bufs = None
+        self.key_windows = int((ct.win_size + 1).sum())
         self.stack = tuple(np.stack([st.arrays[j] for st in sim.channels])
                            for j in range(len(sim.channels[0].arrays)))
 
@@ -641,7 +642,7 @@ class _Compiled:
         if self.bufs is None or self.bufs[0].shape[0] < max_len:
             n = max(max_len, 1 << 12)
             self.bufs = (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
-                         np.zeros(1 + sk.KEY_MAX, dtype=np.int64))
+                         np.zeros(1 + sk.KEY_MAX + self.key_windows, dtype=np.int64))
 
     def load(self, channels: list) -> tuple:
         for c, st in enumerate(channels):
