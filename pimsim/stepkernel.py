@@ -140,7 +140,7 @@ class Arena:
         """The stream's number, registering it first if new (-1: empty stream)."""
         cmd = stream.cmd
         s = self.sid.get(id(cmd))
-        if s is not None and self.keep[s] is cmd:
+        if s is not None:   # keep holds cmd, so its id is still its own
             return s
         n = len(cmd)
         if n == 0:

@@ -468,35 +468,35 @@ class SystemSimulator:
 
     def _node_info(self, item) -> tuple:
         """What the compiled scheduler needs of a node's item, kept per item (items shared
-        by steps are looked at once): (item, kind, resource, priority, category, stream
-        or ASIC duration, ASIC counts)."""
-        info = self._info.get(id(item))
-        if info is not None and info[0] is item:
-            return info
+        by steps are looked at once; the cache holds the item, so an id in it stays that
+        item's): (item, kind code 0 kernel / 1 ASIC / 2 transfer, resource, priority,
+        category, then the stream, the ASIC duration and counts, or the transfer's
+        direction and bytes)."""
         if len(self._info) > 1 << 17:
             self._info.clear()
         kind = node_kind(item)
         if kind == KERNEL:
-            info = (item, kind, item.channel, _priority(item), getattr(item, "what", None),
+            info = (item, 0, item.channel, _priority(item), getattr(item, "what", None),
                     item.commands(self.spec), None)
         elif kind == ASIC:
             cost = op_cost(self.spec.asic, item.kind, item.elements, getattr(item, "detail", None))
-            info = (item, kind, len(self.channels), _priority(item), ASIC,
+            info = (item, 1, len(self.channels), _priority(item), ASIC,
                     int(math.ceil(cost.cycles * self.asic_ps)),
                     tuple(getattr(cost, k) for k in _ASIC_COUNTS) + (cost.cycles,))
         else:
-            info = (item, kind, -1, 0, TRANSFER, None, None)
+            info = (item, 2, -1, 0, TRANSFER, item.direction, item.bytes)
         self._info[id(item)] = info
         return info
 
     def _run_compiled(self, program, stats: StepStats) -> None:
         """The listed schedule, computed by :func:`pimsim.stepkernel.run_step` from the
         program's flat graph."""
-
         cs = self._compiled_state()
         names_all, items_all, src, dst = _flat(program)
-        infos = [self._node_info(it) for it in items_all]
-        is_transfer = np.array([i[1] == TRANSFER for i in infos], dtype=np.uint8)
+        get, info_of = self._info.get, self._node_info
+        infos = [get(id(it)) or info_of(it) for it in items_all]
+        codes = np.fromiter((i[1] for i in infos), dtype=np.int64, count=len(infos))
+        is_transfer = (codes == 2).astype(np.uint8)
         (order, in_ptr, in_src, in_lat, start_delay, pr_ptr, _, user_ptr,
          user_idx) = sk.prepare(is_transfer, src, dst, self.link_latency_ps)
         if len(order) == 0 and len(names_all) > int(is_transfer.sum()):
@@ -506,9 +506,10 @@ class SystemSimulator:
         order_l = order.tolist()
         nodes = [infos[v] for v in order_l]
         names = [names_all[v] for v in order_l]
-        kind = np.array([0 if i[1] == KERNEL else 1 for i in nodes], dtype=np.int64)
-        res = np.array([i[2] for i in nodes], dtype=np.int64)
-        prio = np.array([i[3] for i in nodes], dtype=np.int64)
+        kind = codes[order]
+        tab = np.array([i[2:4] for i in nodes], dtype=np.int64).reshape(n, 2)
+        res = np.ascontiguousarray(tab[:, 0])
+        prio = np.ascontiguousarray(tab[:, 1])
         kernels = np.flatnonzero(kind == 0)
         ksid = np.full(n, -1, dtype=np.int64)
         ksid[kernels] = cs.sids([nodes[i][5] for i in kernels.tolist()])
@@ -519,10 +520,10 @@ class SystemSimulator:
             sums = np.sum([nodes[i][6] for i in asics.tolist()], axis=0).tolist()
             for k, v in zip(_ASIC_COUNTS + ("cycles",), sums):
                 stats.asic[k] = stats.asic.get(k, 0) + v
-        for it, info in zip(items_all, infos):
-            if info[1] == TRANSFER:
-                d = it.direction
-                stats.transfer_bytes[d] = stats.transfer_bytes.get(d, 0) + it.bytes
+        tb = stats.transfer_bytes
+        for i in infos:
+            if i[1] == 2:
+                tb[i[5]] = tb.get(i[5], 0) + i[6]
         n_prod = np.diff(pr_ptr)
         nrank = np.empty(n, dtype=np.int64)
         nrank[sorted(range(n), key=names.__getitem__)] = np.arange(n)
@@ -577,7 +578,7 @@ class SystemSimulator:
             for u, v in zip(src.tolist(), dst.tolist()):
                 preds.setdefault(v, []).append(u)
             for v, info in enumerate(infos):
-                if info[1] == TRANSFER:
+                if info[1] == 2:
                     e = [end_of[p] for p in preds.get(v, ()) if p in end_of]
                     tt = max(e, default=stats.start_ps)
                     stats.timeline.append((names_all[v], TRANSFER, info[0].channel, tt,
