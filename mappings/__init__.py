@@ -3,7 +3,7 @@
 >>> import workloads, mappings
 >>> from pimsim.config import load_preset
 >>> m = mappings.map(workloads.load_bundled("gpt2-small"), load_preset("pim-gpt"))
->>> prog = m.program(kv_len=128)          # networkx DAG of one decode step
+>>> prog = m.program(kv_len=128)          # one decode step (a DAG; prog.graph: networkx)
 >>> prog.row_hit_rate() > 0.95
 True
 
@@ -42,8 +42,11 @@ class Mapping:
     spec: object
     strategy: Strategy
     placement: Placement
-    #: program items that do not depend on the step (weight kernels, parameter reads),
-    #: shared by every program built from this mapping; nothing writes to them
+    #: what the program builder keeps between steps (``mappings.program._Builder``): the
+    #: items that do not depend on the step (weight kernels, parameter reads) and each op's
+    #: nodes and edges, the K/V write tables and attention passes per part shape, the
+    #: structures of recent steps. Shared by every program built from this mapping;
+    #: nothing writes to the items
     items: dict = field(default_factory=dict, repr=False)
 
     def program(self, kv_len: int, token: int = 0) -> Program:

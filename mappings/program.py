@@ -1,6 +1,8 @@
-"""The program of one decode step: a networkx DAG of PIM kernels, ASIC ops and transfers.
+"""The program of one decode step: a DAG of PIM kernels, ASIC ops and transfers.
 
-Nodes carry one object in the ``item`` attribute: a :class:`MacKernel` or
+:class:`Program` holds it as a :class:`FlatGraph` (node names and items in order, edges as
+positions), and as a networkx ``DiGraph`` (``Program.graph``, built on first use) whose
+nodes carry their object in the ``item`` attribute. An item is a :class:`MacKernel` or
 :class:`AccessKernel` (a per-channel PIM kernel, expandable exactly into a
 :class:`pimsim.engine.CommandStream` by ``.commands()``), an :class:`AsicOp` (with element
 counts) or a :class:`Transfer` (bytes, direction, channel). Edges are data dependencies.
@@ -50,6 +52,7 @@ it; a test checks them against the expanded streams.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -606,18 +609,163 @@ def row_hit(counts: dict[str, int]) -> tuple[int, int]:
     return cols, cols - acts
 
 
+#: The item of a node that only an edge added (networkx: a node without attributes).
+NO_ITEM = type("NoItem", (), {"__repr__": lambda self: "NO_ITEM", "__slots__": ()})()
+
+
+class FlatGraph:
+    """A light append-only directed graph, what the program builder writes into.
+
+    ``names`` lists the nodes in insertion order, ``items`` their items (parallel),
+    ``index`` maps a name to its position (a copy makes it when first needed); ``src`` /
+    ``dst`` are the edges as positions, in order of first insertion, without duplicates.
+    The semantics are networkx's: adding an existing node replaces its item and keeps its
+    position, adding an existing edge does nothing, and an edge that names a missing node
+    adds it (without an item, :data:`NO_ITEM`). :meth:`to_networkx` gives the equal
+    ``nx.DiGraph``: the same node and edge order and the same order of every node's
+    successors and predecessors (networkx keeps them in order of first insertion)."""
+
+    __slots__ = ("names", "items", "_index", "src", "dst", "_edges")
+
+    def __init__(self):
+        self.names: list = []
+        self.items: list = []
+        self._index: dict | None = {}
+        self.src: list[int] = []
+        self.dst: list[int] = []
+        #: ``i << 32 | j`` of every edge, to find repeats; None: not made yet (a copy)
+        self._edges: set[int] | None = set()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def number_of_nodes(self) -> int:
+        return len(self.names)
+
+    def number_of_edges(self) -> int:
+        return len(self.src)
+
+    @property
+    def index(self) -> dict:
+        """Node name -> position."""
+        if self._index is None:
+            self._index = dict(zip(self.names, range(len(self.names))))
+        return self._index
+
+    # -- one at a time ----------------------------------------------------------------------
+    def add_node(self, name, item=NO_ITEM) -> int:
+        """Add (or update) a node; returns its position."""
+        index = self._index
+        if index is None:
+            index = self.index
+        i = index.get(name)
+        if i is None:
+            i = index[name] = len(self.names)
+            self.names.append(name)
+            self.items.append(item)
+        elif item is not NO_ITEM:
+            self.items[i] = item
+        return i
+
+    def add_edge(self, u, v) -> None:
+        """Edge between two node names (missing nodes are added, ``u`` first)."""
+        self.add_edge_at(self.add_node(u), self.add_node(v))
+
+    def add_edge_at(self, i: int, j: int) -> None:
+        """Edge between the nodes at positions ``i`` and ``j``."""
+        e = i << 32 | j
+        edges = self._edges
+        if edges is None:
+            edges = self._edge_set()
+        if e not in edges:
+            edges.add(e)
+            self.src.append(i)
+            self.dst.append(j)
+
+    def _edge_set(self) -> set[int]:
+        self._edges = {i << 32 | j for i, j in zip(self.src, self.dst)}
+        return self._edges
+
+    # -- in bulk ----------------------------------------------------------------------------
+    def add_nodes(self, names: list, items: list):
+        """``add_node`` for each (name, item) in order; returns the positions (a range where
+        every name is new)."""
+        index = self.index
+        base = len(self.names)
+        end = base + len(names)
+        index.update(zip(names, range(base, end)))
+        if len(index) == end:
+            self.names += names
+            self.items += items
+            return range(base, end)
+        # a name was there already, or repeats: restore the index, then one at a time
+        index.clear()
+        index.update(zip(self.names, range(base)))
+        return [self.add_node(n, it) for n, it in zip(names, items)]
+
+    def add_edges_at(self, src: list[int], dst: list[int], keys: list[int] | None = None) -> None:
+        """``add_edge_at`` for each pair in order (``keys``: their ``i << 32 | j``)."""
+        edges = self._edges
+        if edges is None:
+            edges = self._edge_set()
+        n0 = len(edges)
+        edges.update([i << 32 | j for i, j in zip(src, dst)] if keys is None else keys)
+        if len(edges) == n0 + len(src):
+            self.src += src
+            self.dst += dst
+            return
+        # an edge was there already, or repeats: restore the set, then one at a time
+        self._edge_set()
+        for i, j in zip(src, dst):
+            self.add_edge_at(i, j)
+
+    def copy(self) -> "FlatGraph":
+        """An independent copy (the items themselves are shared)."""
+        f = FlatGraph.__new__(FlatGraph)
+        f.names, f.items, f._index = self.names.copy(), self.items.copy(), None
+        f.src, f.dst, f._edges = self.src.copy(), self.dst.copy(), None
+        return f
+
+    # -- views ------------------------------------------------------------------------------
+    def to_networkx(self) -> nx.DiGraph:
+        """The equal ``nx.DiGraph`` (items in the node attribute ``item``): the graph that
+        ``add_node(name, item=...)`` for every node in order, then ``add_edge`` for every
+        edge in order give, written straight into its dictionaries (``_node``, ``_succ``,
+        ``_pred``; twice as fast; a test checks that the two agree)."""
+        G = nx.DiGraph()
+        names = self.names
+        node, succ, pred = G._node, G._succ, G._pred
+        for n, it in zip(names, self.items):
+            node[n] = {} if it is NO_ITEM else {"item": it}
+            succ[n] = {}
+            pred[n] = {}
+        for i, j in zip(self.src, self.dst):
+            u, v = names[i], names[j]
+            d = {}
+            succ[u][v] = d
+            pred[v][u] = d
+        return G
+
+
 @dataclass(eq=False)
 class Program:
-    """One decode step at context ``kv_len`` (K/V of positions 0..kv_len-1 after the append)."""
+    """One decode step at context ``kv_len`` (K/V of positions 0..kv_len-1 after the append).
 
-    graph: nx.DiGraph
+    ``flat`` holds the step's nodes (items) and edges; :attr:`graph` is the same DAG as a
+    networkx graph, built on first use."""
+
+    flat: FlatGraph
     kv_len: int
     model: str
     strategy: str
 
+    @functools.cached_property
+    def graph(self) -> nx.DiGraph:
+        """The step as a networkx DAG (node attribute ``item``), built from ``flat`` once."""
+        return self.flat.to_networkx()
+
     def items(self, kind: type | tuple | None = None):
-        for n, data in self.graph.nodes(data=True):
-            it = data["item"]
+        for it in self.flat.items:
             if kind is None or isinstance(it, kind):
                 yield it
 
@@ -689,35 +837,238 @@ def active_vcache(t: Template, n_valid: int, values: int) -> Template:
                     t.sub[keep], t.inp[keep], t.k0[keep])
 
 
+
+#: Where a fragment edge starts at this source, it stands for every dependency of the op
+#: (in order) where the fragment is put into a step.
+_DEPS = -1
+_DEPS_NODE = object()     # the stand-in node, position 0, while a fragment is recorded
+_UNSET = object()
+
+
+class _Fragment:
+    """Step-independent nodes and edges of one op: local positions, or ``_DEPS``."""
+
+    __slots__ = ("names", "items", "src", "dst", "outputs", "dep_edges", "keys", "own_src",
+                 "own_dst", "own_keys", "shape")
+
+    def __init__(self, names, items, src, dst, outputs):
+        self.names, self.items, self.src, self.dst, self.outputs = \
+            names, items, src, dst, outputs
+        #: the edges from the op's dependencies (indices into src / dst)
+        self.dep_edges = [e for e, a in enumerate(src) if a == _DEPS]
+        #: edge keys (FlatGraph) at offset 0; a step adds its offset to them
+        self.keys = [a << 32 | b for a, b in zip(src, dst)]
+        #: the edges without those from the dependencies (for an op without any)
+        own = [e for e, a in enumerate(src) if a != _DEPS]
+        self.own_src = [src[e] for e in own]
+        self.own_dst = [dst[e] for e in own]
+        self.own_keys = [self.keys[e] for e in own]
+        self.shape: int | None = None       # see _Builder.embedding_fragment
+
+
+class _Recorder:
+    """Records an op's nodes and edges (networkx semantics) into a :class:`_Fragment`;
+    position ``DEPS`` stands for the op's dependencies."""
+
+    DEPS = 0
+
+    def __init__(self):
+        self.f = FlatGraph()
+        self.f.add_node(_DEPS_NODE)
+
+    def add(self, name: str, item, after=()) -> int:
+        i = self.f.add_node(name, item)
+        for a in after:
+            self.f.add_edge_at(a, i)
+        return i
+
+    def fragment(self, outputs: list[int]) -> _Fragment:
+        f = self.f
+        return _Fragment(f.names[1:], f.items[1:], [s - 1 for s in f.src],
+                         [d - 1 for d in f.dst], [o - 1 for o in outputs])
+
+
+class _KTable:
+    """Where each key position lies in a K-cache part: the (bank, slot) holding it (the
+    first in bank-major order, as ``np.nonzero`` finds it), and per slot its columns in
+    write order. Shared by all layers with the same template and slot assignment."""
+
+    def __init__(self, t: Template, slot_out: np.ndarray):
+        self.t = t
+        bank, slot = np.nonzero(slot_out >= 0)
+        out = slot_out[bank, slot]
+        where: dict[int, tuple[int, int]] = {}
+        for p, b, s in zip(out.tolist()[::-1], bank.tolist()[::-1], slot.tolist()[::-1]):
+            where[p] = (b, s)              # reversed: the first in bank-major order wins
+        self.where = where
+        self.slots: dict[int, tuple | None] = {}
+
+    def slot(self, s: int):
+        """(rows relative to the part, columns, sub, input column, lanes) of slot ``s``,
+        sorted by (row, column); None where the slot holds no segment."""
+        hit = self.slots.get(s, _UNSET)
+        if hit is _UNSET:
+            t = self.t
+            sel = np.flatnonzero(t.slot == s)
+            n = t.n[sel]
+            j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            rows = np.repeat(t.row[sel], n)
+            cols_ = np.repeat(t.c0[sel], n) + j
+            if rows.size == 0:
+                hit = None
+            else:
+                # one bank per write: sorting by (bank, row, column) is by (row, column)
+                order = np.lexsort((cols_, rows))
+                hit = (rows[order], cols_[order], np.repeat(t.sub[sel], n)[order],
+                       (np.repeat(t.k0[sel], n) + j)[order], np.full(rows.size, -1))
+            self.slots[s] = hit
+        return hit
+
+
+class _VTable:
+    """Per V token column: the columns one position's values go to in a V-cache part
+    (banks, rows relative to the part, columns, outputs, subs; sorted by (bank, row,
+    column)). Shared by all layers with the same template and slot assignment."""
+
+    def __init__(self, t: Template, slot_out: np.ndarray):
+        self.t = t
+        self.slot_out = slot_out
+        self.cols: dict[int, tuple | None] = {}
+
+    def at(self, pc: int):
+        hit = self.cols.get(pc, _UNSET)
+        if hit is _UNSET:
+            t = self.t
+            sel = np.flatnonzero((t.k0 <= pc) & (pc < t.k0 + t.n))
+            so = self.slot_out[:, t.slot[sel]]          # (banks, segs)
+            bank, si = np.nonzero(so >= 0)
+            seg = sel[si]
+            rows = t.row[seg]
+            cols_ = t.c0[seg] + (pc - t.k0[seg])
+            if rows.size == 0:
+                hit = None
+            else:
+                order = np.lexsort((cols_, rows, bank))
+                hit = (bank[order], rows[order], cols_[order], so[bank, si][order],
+                       t.sub[seg][order])
+            self.cols[pc] = hit
+        return hit
+
+
+class _WritePart:
+    """One part of a kv_append op: its names, table and the transfer per write count."""
+
+    __slots__ = ("region", "part", "channel", "key", "kcache", "kname", "tname", "table",
+                 "transfers", "rows")
+
+    def __init__(self, op, region: Region, part: ChannelPart, table):
+        self.region, self.part, self.channel = region, part, part.channel
+        self.key = (region.name, part.channel)
+        self.kcache = region.kind == "kcache"
+        self.kname = f"{op.index}:{region.name}:ch{part.channel}:write"
+        self.tname = f"{self.kname}:to_pim"
+        self.table = table
+        self.transfers: dict[int, Transfer] = {}
+        #: (K slot or V token column, its absolute rows) of the last write
+        self.rows: tuple = (None, None)
+
+
+class _AttentionPart:
+    """One part of an attention op: its names, and per number of valid positions the
+    passes and what follows from them (shared with the layers of the same shape)."""
+
+    __slots__ = ("region", "part", "channel", "key", "kname", "tin", "tout", "by_n", "memo")
+
+    def __init__(self, op, region: Region, part: ChannelPart, what: str, by_n: dict):
+        self.region, self.part, self.channel = region, part, part.channel
+        self.key = (region.name, part.channel)
+        tag = f"{op.index}:{region.name}:ch{part.channel}"
+        self.kname = f"{tag}:{what}"
+        self.tin = f"{tag}:to_pim"
+        self.tout = f"{tag}:to_asic"
+        self.by_n = by_n
+        #: (passes, to_pim transfer, to_asic transfer, context kernel) of the last passes
+        self.memo: tuple | None = None
+
+
+class _Skeleton:
+    """The nodes and edges of a step, and where its step-dependent items lie."""
+
+    __slots__ = ("flat", "dyn_pos")
+
+    def __init__(self, flat: FlatGraph, dyn_pos: list[int]):
+        self.flat, self.dyn_pos = flat, dyn_pos
+
+
+#: Step structures kept per mapping: at most this many, and beyond the newest at most
+#: :data:`SKELETON_NODES` nodes in all (least recently used dropped). Steps share one
+#: while the same parts are written and run (16 consecutive positions go to one K part),
+#: and the K writes cycle through the channels.
+SKELETONS = 16
+SKELETON_NODES = 250_000
+
+
 class _Builder:
+    """Builds the program of one step into a :class:`FlatGraph`, in two passes.
+
+    *Items*: what does not depend on the step is made once per mapping and kept in
+    ``mapping.items`` (items are never written to, so steps may share them): each weight,
+    parameter and ASIC op's nodes and edges as a fragment (put into a step as whole
+    lists); the embedding reads per row read; per kv_append / attention op the names of its
+    parts; per K/V part shape where each position is written and which passes each number
+    of valid positions runs. Per step only the items that depend on it are made (the K/V
+    writes, the attention kernels and epilogues, the softmax, the embedding reads of its
+    token and position), listed in the order the nodes are added, with their names.
+
+    *Structure*: the nodes and edges, exactly those the ``add_node`` / ``add_edge`` calls
+    of the op-by-op description give (node, edge, successor and predecessor order
+    included). Apart from the fixed fragments, they follow only from the names of the
+    step-dependent nodes (which parts are written and run) and the shapes of the
+    embedding fragments, so a step with the same ones copies the structure of an earlier
+    step and puts its own items in (``mapping.items`` keeps those of recent steps,
+    :data:`SKELETONS`). The wiring below must therefore depend on nothing else."""
+
     def __init__(self, mapping, kv_len: int, token: int):
         self.m = mapping
+        self.cache = mapping.items
         self.pl = mapping.placement
         self.g = self.pl.geometry
         self.L = kv_len
         self.token = token
-        self.G = nx.DiGraph()
-        self.producer: dict[int, list[str]] = {}
+        #: per op: (wiring method, op, what the method needs)
+        self.steps: list[tuple] = []
+        #: the step-dependent nodes in the order they are added
+        self.dyn_names: list[str] = []
+        self.dyn_items: list = []
+        #: shape ids of the fragments whose items depend on the step (embeddings)
+        self.shapes: list[int] = []
+        # wiring state
+        self.F: FlatGraph | None = None
+        self.dyn_pos: list[int] = []
+        self.cursor = 0
+        #: op index -> positions of the nodes later ops depend on
+        self.producer: dict[int, list[int]] = {}
         #: kv_append op -> {(region name, channel): write node}: an attention kernel waits
         #: only for the write into its own region and channel
-        self.writes: dict[int, dict[tuple[str, int], str]] = {}
+        self.writes: dict[int, dict[tuple[str, int], int]] = {}
         #: (layer, channel) -> V-cache write nodes: they wait for the layer's score kernels
         #: on their channel (a V write is needed only by the context kernel, after softmax)
-        self.v_writes: dict[tuple[int, int], list[str]] = {}
+        self.v_writes: dict[tuple[int, int], list[int]] = {}
 
-    def add(self, name: str, item, after=()) -> str:
-        self.G.add_node(name, item=item)
-        for a in after:
-            self.G.add_edge(a, name)
-        return name
+    # -- fragments (made once per mapping) -------------------------------------------------
+    def _cached(self, key, make):
+        """``mapping.items[key]``, made by ``make()`` the first time."""
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.cache[key] = make()
+        return hit
 
-    # -- helpers ------------------------------------------------------------------------
-    def read_dense(self, op, tensor: str, first: int, count: int) -> list[str]:
+    def read_dense(self, rec: _Recorder, op, tensor: str, first: int, count: int) -> list[int]:
         out = []
         key = ("read", op.index, tensor, first, count)
-        kernels = self.m.items.get(key)
+        kernels = self.cache.get(key)
         if kernels is None:
-            kernels = self.m.items[key] = []
+            kernels = self.cache[key] = []
             for ch, bank, row, col in self.pl.dense_columns(tensor, first, count):
                 order = np.lexsort((col, row, bank))
                 kernels.append(AccessKernel(
@@ -726,60 +1077,56 @@ class _Builder:
                     self.g.banks_per_bankgroup, op.index, tensor))
         for k in kernels:
             ch = k.channel
-            kn = self.add(k.name, k)
+            kn = rec.add(k.name, k)
             t = Transfer(f"{k.name}:to_asic", "to_asic", ch, k.counts["RD"] * self.g.column_bytes,
                          op.index)
-            out.append(self.add(t.name, t, [kn]))
+            out.append(rec.add(t.name, t, [kn]))
         return out
 
-    def read_params(self, op, names) -> list[str]:
+    def read_params(self, rec: _Recorder, op, names) -> list[int]:
         out = []
         for nm in names:
             if nm is not None and nm in self.pl.dense:
-                out += self.read_dense(op, nm, 0, self.pl.dense_size(nm))
+                out += self.read_dense(rec, op, nm, 0, self.pl.dense_size(nm))
         return out
 
-    def mac(self, op, region: Region, part: ChannelPart, passes: tuple[MacPass, ...], what: str,
-            repeats: int, deps: list[str], out_limit=None) -> tuple[str, MacKernel]:
-        tag = f"{op.index}:{region.name}:ch{part.channel}"
-        # a weight kernel is the same every step (its passes are cached per template)
-        key = ("mac", tag, passes) if what == "linear" else None
-        k = self.m.items.get(key) if key else None
-        if k is None:
-            k = MacKernel(f"{tag}:{what}", part.channel, what, region, part, passes, repeats,
-                          op.index, out_limit, self.g.result_registers, self.g.gb_reuse)
-            if key:
-                self.m.items[key] = k
-        cb = self.g.column_bytes
-        tin = self.add(f"{tag}:to_pim", Transfer(f"{tag}:to_pim", "to_pim", part.channel,
-                                                  k.counts["WRGB"] * cb, op.index), deps)
-        kn = self.add(k.name, k, [tin])
-        tout = self.add(f"{tag}:to_asic", Transfer(f"{tag}:to_asic", "to_asic", part.channel,
-                                                    k.counts["RDMAC16"] * cb, op.index), [kn])
-        return tout, k
-
-    # -- ops ------------------------------------------------------------------------------
-    def linear(self, op, deps):
+    def linear_fragment(self, op) -> _Fragment:
+        rec = _Recorder()
+        g = self.g
+        cb = g.column_bytes
         ends, partials = [], 0
         for region in self.pl.by_weight[op["weight"]]:
             for part in region.parts:
-                passes = _passes_cached(part.template, self.g.columns)
-                end, k = self.mac(op, region, part, passes, "linear", 1, deps)
-                ends.append(end)
+                passes = _passes_cached(part.template, g.columns)
+                tag = f"{op.index}:{region.name}:ch{part.channel}"
+                # a weight kernel is the same every step (its passes are cached per template)
+                key = ("mac", tag, passes)
+                k = self.cache.get(key)
+                if k is None:
+                    k = self.cache[key] = MacKernel(
+                        f"{tag}:linear", part.channel, "linear", region, part, passes, 1,
+                        op.index, None, g.result_registers, g.gb_reuse)
+                tin = rec.add(f"{tag}:to_pim", Transfer(f"{tag}:to_pim", "to_pim", part.channel,
+                                                         k.counts["WRGB"] * cb, op.index),
+                              [rec.DEPS])
+                kn = rec.add(k.name, k, [tin])
+                ends.append(rec.add(f"{tag}:to_asic",
+                                    Transfer(f"{tag}:to_asic", "to_asic", part.channel,
+                                             k.counts["RDMAC16"] * cb, op.index), [kn]))
                 partials += k.partial_sums()
-        bias = self.read_params(op, [op["bias"]])
+        bias = self.read_params(rec, op, [op["bias"]])
         n = op["out_features"]
         a = AsicOp(f"{op.index}:{op.module}:vmm_epilogue", "vmm_epilogue",
                    partials - n + (n if op["bias"] else 0), op.index,
                    dict(partial_sums=partials, outputs=n, bias=bool(op["bias"])))
-        return [self.add(a.name, a, ends + bias)]
+        return rec.fragment([rec.add(a.name, a, ends + bias)])
 
-    def embedding(self, op, deps):
+    def embedding_fragment(self, op, idx: int) -> _Fragment:
+        rec = _Recorder()
         w = op["weight"]
-        idx = self.token if op["role"] == "token" else (self.L - 1) % op["rows"]
         ends = []
         if w in self.pl.dense:
-            ends = self.read_dense(op, w, idx * op["dim"], op["dim"])
+            ends = self.read_dense(rec, op, w, idx * op["dim"], op["dim"])
         else:  # tied to a matrix: read output `idx`'s stored columns from its region
             for region in self.pl.by_weight[w]:
                 m = region.meta
@@ -804,127 +1151,361 @@ class _Builder:
                                      self.g.banks_per_bankgroup, op.index, w, region,
                                      np.full(rows.size, o), np.zeros(rows.size, dtype=np.int64),
                                      kcol[order])
-                    kn = self.add(k.name, k, deps)
+                    kn = rec.add(k.name, k, [rec.DEPS])
                     t_ = Transfer(f"{k.name}:to_asic", "to_asic", part.channel,
                                   k.counts["RD"] * self.g.column_bytes, op.index)
-                    ends.append(self.add(t_.name, t_, [kn]))
+                    ends.append(rec.add(t_.name, t_, [kn]))
         a = AsicOp(f"{op.index}:{op.module}:embedding", "embedding", op["dim"], op.index)
-        return [self.add(a.name, a, ends + deps)]
+        frag = rec.fragment([rec.add(a.name, a, ends + [rec.DEPS])])
+        # fragments with the same nodes and edges share a shape id (a skeleton key)
+        shapes = self.cache.setdefault(("fragment shapes",), {})
+        frag.shape = shapes.setdefault((tuple(frag.names), tuple(frag.src), tuple(frag.dst),
+                                        tuple(frag.outputs)), len(shapes))
+        return frag
 
-    def kv_append(self, op, deps):
-        ks, vs = self.pl.kv[op.layer]
-        pos = (self.L - 1) % self.pl.attention[op.layer].reserve
-        ends = []
-        v = self.g.values_per_column
-        for region in (ks if op["target"] == "k" else vs):
-            for part in region.parts:
-                t = part.template
-                if region.kind == "kcache":
-                    bank, slot = np.nonzero(part.slot_out == pos)
-                    if bank.size == 0:
-                        continue
-                    sel = np.flatnonzero(t.slot == slot[0])
-                    n = t.n[sel]
-                    j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-                    rows = np.repeat(t.row[sel], n)
-                    cols_ = np.repeat(t.c0[sel], n) + j
-                    banks = np.full(rows.size, bank[0])
-                    lanes = np.full(rows.size, -1)
-                    s_out = np.full(rows.size, pos)
-                    s_sub = np.repeat(t.sub[sel], n)
-                    s_kcol = np.repeat(t.k0[sel], n) + j
-                else:
-                    pc = pos // v
-                    sel = np.flatnonzero((t.k0 <= pc) & (pc < t.k0 + t.n))
-                    so = part.slot_out[:, t.slot[sel]]          # (banks, segs)
-                    bank, si = np.nonzero(so >= 0)
-                    seg = sel[si]
-                    rows = t.row[seg]
-                    cols_ = t.c0[seg] + (pc - t.k0[seg])
-                    banks = bank
-                    lanes = np.full(rows.size, pos % v)
-                    s_out = so[bank, si]
-                    s_sub = t.sub[seg]
-                    s_kcol = np.full(rows.size, pc)
-                if rows.size == 0:
-                    continue
-                order = np.lexsort((cols_, rows, banks))
-                k = AccessKernel(f"{op.index}:{region.name}:ch{part.channel}:write",
-                                 part.channel, "write", banks[order], rows[order] + part.base_row,
-                                 cols_[order], lanes[order], self.g.banks_per_bankgroup,
-                                 op.index, region.name, region, s_out[order], s_sub[order],
-                                 s_kcol[order])
-                tin = Transfer(f"{k.name}:to_pim", "to_pim", part.channel,
-                               k.counts["WR"] * self.g.column_bytes, op.index)
-                tn = self.add(tin.name, tin, deps)
-                node = self.add(k.name, k, [tn])
-                self.writes.setdefault(op.index, {})[(region.name, part.channel)] = node
-                if region.kind != "kcache":
-                    self.v_writes.setdefault((op.layer, part.channel), []).append(node)
-                ends.append(node)
-        return ends
-
-    def attention(self, op, deps, what: str):
-        appends = [d for d in op.deps if d in self.writes]
-        deps = [n for d in op.deps if d not in self.writes for n in self.producer.get(d, [])]
-        att = self.pl.attention[op.layer]
-        ks, vs = self.pl.kv[op.layer]
-        n_valid = min(self.L, att.reserve)
-        group = att.q_heads // att.kv_heads
-        ends, partials = [], 0
-        for region in (ks if what == "score" else vs):
-            for part in region.parts:
-                passes = _active_passes(what, part.template, part.slot_out, n_valid,
-                                        self.g.columns, self.g.values_per_column)
-                if not passes:
-                    continue
-                own = [self.writes[d][key] for d in appends
-                       if (key := (region.name, part.channel)) in self.writes[d]]
-                end, k = self.mac(op, region, part, passes, what, group, deps + own,
-                                  n_valid if what == "score" else None)
-                if what == "score":
-                    for w in self.v_writes.get((op.layer, part.channel), ()):
-                        self.G.add_edge(k.name, w)
-                ends.append(end)
-                partials += k.partial_sums()
-        outputs = att.q_heads * (n_valid if what == "score" else att.head_dim)
-        extra = outputs if what == "score" and op["scale"] not in (None, 1.0) else 0
-        a = AsicOp(f"{op.index}:{op.module}:{what}_epilogue", f"{what}_epilogue",
-                   partials - outputs + extra, op.index,
-                   dict(partial_sums=partials, outputs=outputs, kv_len=n_valid))
-        return [self.add(a.name, a, ends)]
-
-    def asic(self, op, deps):
+    def asic_elements(self, op) -> int:
         a = op.attrs
         if op.op in ("layernorm", "rmsnorm", "activation"):
-            n = a["features"] * a["tokens"]
-        elif op.op == "elementwise":
-            n = a["features"] * a["tokens"]
-        elif op.op == "rotary":
-            n = a["heads"] * a["rotary_dim"] * a["tokens"]
-        elif op.op == "softmax":
-            n = a["heads"] * a["q_len"] * min(self.L, a["window"] or self.L)
-        else:
-            n = 0
-        params = self.read_params(op, [a.get("weight"), a.get("bias")]) \
-            if op.op in ("layernorm", "rmsnorm") else []
-        item = AsicOp(f"{op.index}:{op.module}:{op.op}", op.op, n, op.index, dict(a))
-        return [self.add(item.name, item, deps + params)]
+            return a["features"] * a["tokens"]
+        if op.op == "elementwise":
+            return a["features"] * a["tokens"]
+        if op.op == "rotary":
+            return a["heads"] * a["rotary_dim"] * a["tokens"]
+        if op.op == "softmax":
+            return a["heads"] * a["q_len"] * min(self.L, a["window"] or self.L)
+        return 0
 
-    def build(self) -> Program:
-        for op in self.m.trace.decode.ops:
-            deps = [n for d in op.deps for n in self.producer.get(d, [])]
-            if op.op in ("linear", "lm_head"):
-                out = self.linear(op, deps)
-            elif op.op == "embedding":
-                out = self.embedding(op, deps)
-            elif op.op == "kv_append":
-                out = self.kv_append(op, deps)
-            elif op.op == "attn_score":
-                out = self.attention(op, deps, "score")
-            elif op.op == "attn_context":
-                out = self.attention(op, deps, "context")
+    def asic_fragment(self, op) -> _Fragment:
+        rec = _Recorder()
+        a = op.attrs
+        params = self.read_params(rec, op, [a.get("weight"), a.get("bias")]) \
+            if op.op in ("layernorm", "rmsnorm") else []
+        item = AsicOp(f"{op.index}:{op.module}:{op.op}", op.op, self.asic_elements(op),
+                      op.index, dict(a))
+        return rec.fragment([rec.add(item.name, item, [rec.DEPS] + params)])
+
+    # -- per-op plans (made once per mapping) ------------------------------------------------
+    def write_parts(self, op) -> list[_WritePart]:
+        key = ("kv_append", op.index)
+        parts = self.cache.get(key)
+        if parts is None:
+            ks, vs = self.pl.kv[op.layer]
+            parts = []
+            for region in (ks if op["target"] == "k" else vs):
+                for part in region.parts:
+                    kind = "ktable" if region.kind == "kcache" else "vtable"
+                    tkey = (kind, part.template, part.slot_out.tobytes(), part.slot_out.shape)
+                    table = self.cache.get(tkey)
+                    if table is None:
+                        table = self.cache[tkey] = (_KTable if kind == "ktable" else _VTable)(
+                            part.template, part.slot_out)
+                    parts.append(_WritePart(op, region, part, table))
+            self.cache[key] = parts
+        return parts
+
+    def attention_parts(self, op, what: str) -> list[_AttentionPart]:
+        key = ("attention", op.index)
+        parts = self.cache.get(key)
+        if parts is None:
+            att = self.pl.attention[op.layer]
+            ks, vs = self.pl.kv[op.layer]
+            group = att.q_heads // att.kv_heads
+            parts = []
+            for region in (ks if what == "score" else vs):
+                for part in region.parts:
+                    so = part.slot_out
+                    skey = ("passes", what, part.template, so.tobytes(), so.shape, group)
+                    by_n = self.cache.get(skey)
+                    if by_n is None:
+                        by_n = self.cache[skey] = {}
+                    parts.append(_AttentionPart(op, region, part, what, by_n))
+            self.cache[key] = parts
+        return parts
+
+    def _passes_at(self, ap: _AttentionPart, what: str, n_valid: int, group: int) -> tuple:
+        """(passes, to_pim bytes, to_asic bytes, partial sums) of a part at ``n_valid``."""
+        g = self.g
+        part = ap.part
+        passes = _active_passes(what, part.template, part.slot_out, n_valid, g.columns,
+                                g.values_per_column)
+        if not passes:
+            hit = (passes, 0, 0, 0)
+        else:
+            c = _mac_counts(passes, group, g.result_registers, g.gb_reuse)
+            so = part.slot_out
+            out_limit = n_valid if what == "score" else None
+            partial = group * _stats(passes, so.tobytes(), so.shape[0], out_limit,
+                                     g.result_registers)[0]
+            hit = (passes, c["WRGB"] * g.column_bytes, c["RDMAC16"] * g.column_bytes, partial)
+        ap.by_n[n_valid] = hit
+        return hit
+
+    def _full(self, n: int, value: int) -> np.ndarray:
+        """``np.full(n, value)`` (int64), shared: nothing writes to the items' arrays."""
+        full = self.cache.get(("full",))
+        if full is None or len(full) > 4096:
+            full = self.cache[("full",)] = {}
+        a = full.get((n, value))
+        if a is None:
+            a = full[(n, value)] = np.full(n, value)
+        return a
+
+    # -- pass 1: the step's items ------------------------------------------------------------
+    def _dyn(self, name: str, item) -> None:
+        self.dyn_names.append(name)
+        self.dyn_items.append(item)
+
+    def kv_append(self, op) -> list[_WritePart]:
+        """The K/V writes of one position: per written part, a transfer and a kernel."""
+        g = self.g
+        pos = (self.L - 1) % self.pl.attention[op.layer].reserve
+        v = g.values_per_column
+        bpg = g.banks_per_bankgroup
+        names, items = self.dyn_names, self.dyn_items
+        written = []
+        for wp in self.write_parts(op):
+            if wp.kcache:
+                hit = wp.table.where.get(pos)
+                if hit is None:
+                    continue
+                at = hit[1]
+                arrays = wp.table.slot(at)
+                if arrays is None:
+                    continue
+                rel, cols_, sub, kcol, lanes = arrays
+                n = rel.size
+                bank, s_out = self._full(n, hit[0]), self._full(n, pos)
             else:
-                out = self.asic(op, deps)
-            self.producer[op.index] = out
-        return Program(self.G, self.L, self.m.trace.model, self.m.strategy.name)
+                at = pos // v
+                arrays = wp.table.at(at)
+                if arrays is None:
+                    continue
+                bank, rel, cols_, s_out, sub = arrays
+                n = bank.size
+                lanes, kcol = self._full(n, pos % v), self._full(n, at)
+            if wp.rows[0] != at:
+                wp.rows = (at, rel + wp.part.base_row)
+            k = AccessKernel(wp.kname, wp.channel, "write", bank, wp.rows[1], cols_, lanes, bpg,
+                             op.index, wp.region.name, wp.region, s_out, sub, kcol)
+            tin = wp.transfers.get(n)
+            if tin is None:
+                tin = wp.transfers[n] = Transfer(wp.tname, "to_pim", wp.channel,
+                                                 n * g.column_bytes, op.index)
+            names += (wp.tname, wp.kname)
+            items += (tin, k)
+            written.append(wp)
+        return written
+
+    def attention(self, op, what: str) -> list[_AttentionPart]:
+        """Per part with valid positions: transfer in, kernel, transfer out; the epilogue."""
+        g = self.g
+        att = self.pl.attention[op.layer]
+        n_valid = min(self.L, att.reserve)
+        group = att.q_heads // att.kv_heads
+        score = what == "score"
+        names, items = self.dyn_names, self.dyn_items
+        run, partials = [], 0
+        for ap in self.attention_parts(op, what):
+            hit = ap.by_n.get(n_valid)
+            if hit is None:
+                hit = self._passes_at(ap, what, n_valid, group)
+            passes = hit[0]
+            if not passes:
+                continue
+            memo = ap.memo
+            if memo is None or memo[0] is not passes:
+                ctx = None if score else MacKernel(
+                    ap.kname, ap.channel, what, ap.region, ap.part, passes, group, op.index,
+                    None, g.result_registers, g.gb_reuse)
+                memo = ap.memo = (passes,
+                                  Transfer(ap.tin, "to_pim", ap.channel, hit[1], op.index),
+                                  Transfer(ap.tout, "to_asic", ap.channel, hit[2], op.index),
+                                  ctx)
+            k = MacKernel(ap.kname, ap.channel, what, ap.region, ap.part, passes, group,
+                          op.index, n_valid, g.result_registers, g.gb_reuse) if score \
+                else memo[3]
+            names += (ap.tin, ap.kname, ap.tout)
+            items += (memo[1], k, memo[2])
+            run.append(ap)
+            partials += hit[3]
+        outputs = att.q_heads * (n_valid if score else att.head_dim)
+        extra = outputs if score and op["scale"] not in (None, 1.0) else 0
+        name = self._cached(("epilogue", op.index),
+                              lambda: f"{op.index}:{op.module}:{what}_epilogue")
+        self._dyn(name, AsicOp(name, f"{what}_epilogue", partials - outputs + extra, op.index,
+                               dict(partial_sums=partials, outputs=outputs, kv_len=n_valid)))
+        return run
+
+    def softmax(self, op) -> None:
+        name = self._cached(("softmax", op.index), lambda: f"{op.index}:{op.module}:{op.op}")
+        self._dyn(name, AsicOp(name, op.op, self.asic_elements(op), op.index, dict(op.attrs)))
+
+    def collect(self) -> None:
+        steps = self.steps
+        for op in self.m.trace.decode.ops:
+            kind = op.op
+            if kind in ("linear", "lm_head"):
+                steps.append((self.put, op, self._cached(("linear", op.index),
+                                                           lambda: self.linear_fragment(op))))
+            elif kind == "embedding":
+                idx = self.token if op["role"] == "token" else (self.L - 1) % op["rows"]
+                frag = self._cached(("embedding", op.index, idx),
+                                      lambda: self.embedding_fragment(op, idx))
+                self.dyn_names += frag.names
+                self.dyn_items += frag.items
+                self.shapes.append(frag.shape)
+                steps.append((self.put_dynamic, op, frag))
+            elif kind == "kv_append":
+                steps.append((self.wire_kv_append, op, self.kv_append(op)))
+            elif kind == "attn_score":
+                steps.append((self.wire_attention, op, ("score", self.attention(op, "score"))))
+            elif kind == "attn_context":
+                steps.append((self.wire_attention, op,
+                              ("context", self.attention(op, "context"))))
+            elif kind == "softmax":  # the only ASIC op whose element count follows kv_len
+                self.softmax(op)
+                steps.append((self.wire_single, op, None))
+            else:
+                steps.append((self.put, op, self._cached(("asic", op.index),
+                                                           lambda: self.asic_fragment(op))))
+
+    # -- pass 2: the structure ---------------------------------------------------------------
+    def deps(self, op) -> list[int]:
+        producer = self.producer
+        return [n for d in op.deps for n in producer.get(d, [])]
+
+    def add_dyn(self) -> int:
+        """Add the next step-dependent node."""
+        c = self.cursor
+        self.cursor = c + 1
+        i = self.F.add_node(self.dyn_names[c], self.dyn_items[c])
+        self.dyn_pos.append(i)
+        return i
+
+    def put(self, op, frag: _Fragment, dynamic: bool = False) -> list[int]:
+        """Add a fragment; its edges from ``_DEPS`` come from each dependency of the op."""
+        F = self.F
+        deps = self.deps(op)
+        if dynamic:
+            c = self.cursor
+            self.cursor = c + len(frag.names)
+            pos = F.add_nodes(self.dyn_names[c:self.cursor], self.dyn_items[c:self.cursor])
+            self.dyn_pos += pos
+        else:
+            pos = F.add_nodes(frag.names, frag.items)
+        nd = len(deps)
+        if type(pos) is range and nd <= 1:     # the usual case: new nodes, one dependency
+            base = pos.start
+            off = base << 32 | base
+            if nd:
+                d0 = deps[0]
+                src = [a + base for a in frag.src]
+                keys = [k + off for k in frag.keys]
+                dst = frag.dst
+                for e in frag.dep_edges:
+                    src[e] = d0
+                    keys[e] = d0 << 32 | (dst[e] + base)
+            else:
+                src = [a + base for a in frag.own_src]
+                keys = [k + off for k in frag.own_keys]
+                dst = frag.own_dst
+            F.add_edges_at(src, [b + base for b in dst], keys)
+            return [base + o for o in frag.outputs]
+        src: list[int] = []
+        dst: list[int] = []
+        for s, d in zip(frag.src, frag.dst):
+            if s < 0:
+                if nd:
+                    src += deps
+                    dst += [pos[d]] * nd
+            else:
+                src.append(pos[s])
+                dst.append(pos[d])
+        F.add_edges_at(src, dst)
+        return [pos[o] for o in frag.outputs]
+
+    def put_dynamic(self, op, frag: _Fragment) -> list[int]:
+        return self.put(op, frag, True)
+
+    def wire_kv_append(self, op, written: list[_WritePart]) -> list[int]:
+        F = self.F
+        deps = self.deps(op)
+        ends = []
+        for wp in written:
+            tn = self.add_dyn()
+            for a in deps:
+                F.add_edge_at(a, tn)
+            node = self.add_dyn()
+            F.add_edge_at(tn, node)
+            self.writes.setdefault(op.index, {})[wp.key] = node
+            if not wp.kcache:
+                self.v_writes.setdefault((op.layer, wp.channel), []).append(node)
+            ends.append(node)
+        return ends
+
+    def wire_attention(self, op, data) -> list[int]:
+        what, run = data
+        F = self.F
+        writes = self.writes
+        appends = [d for d in op.deps if d in writes]
+        deps = [n for d in op.deps if d not in writes for n in self.producer.get(d, [])]
+        ends = []
+        for ap in run:
+            tin = self.add_dyn()
+            for a in deps:
+                F.add_edge_at(a, tin)
+            for d in appends:
+                w = writes[d].get(ap.key)
+                if w is not None:
+                    F.add_edge_at(w, tin)
+            kn = self.add_dyn()
+            F.add_edge_at(tin, kn)
+            tout = self.add_dyn()
+            F.add_edge_at(kn, tout)
+            if what == "score":
+                for w in self.v_writes.get((op.layer, ap.channel), ()):
+                    F.add_edge_at(kn, w)
+            ends.append(tout)
+        node = self.add_dyn()
+        for e in ends:
+            F.add_edge_at(e, node)
+        return [node]
+
+    def wire_single(self, op, _) -> list[int]:
+        F = self.F
+        node = self.add_dyn()
+        for a in self.deps(op):
+            F.add_edge_at(a, node)
+        return [node]
+
+    def wire(self) -> FlatGraph:
+        self.F = FlatGraph()
+        for method, op, data in self.steps:
+            self.producer[op.index] = method(op, data)
+        assert self.cursor == len(self.dyn_items)
+        return self.F
+
+    # -- the step ------------------------------------------------------------------------------
+    def build(self) -> Program:
+        self.collect()
+        skeletons = self.cache.get(("skeletons",))
+        if skeletons is None:
+            skeletons = self.cache[("skeletons",)] = OrderedDict()
+        key = (tuple(self.dyn_names), tuple(self.shapes))
+        sk = skeletons.get(key)
+        if sk is None:
+            F = self.wire()
+            kept = F.copy()
+            for p in self.dyn_pos:          # this step's own items: not kept alive
+                kept.items[p] = None
+            skeletons[key] = _Skeleton(kept, self.dyn_pos)
+            total = sum(len(s.flat.names) for s in skeletons.values())
+            while len(skeletons) > 1 and (len(skeletons) > SKELETONS or total > SKELETON_NODES):
+                total -= len(skeletons.popitem(last=False)[1].flat.names)
+        else:
+            skeletons.move_to_end(key)
+            F = sk.flat.copy()
+            items = F.items
+            for p, it in zip(sk.dyn_pos, self.dyn_items):
+                items[p] = it
+        return Program(F, self.L, self.m.trace.model, self.m.strategy.name)
