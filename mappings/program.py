@@ -535,12 +535,29 @@ class AccessKernel:
         (:func:`mappings.access_order.pipelined_order`); without it, run after run. The
         stream is shared by every kernel with the same accesses (parameter reads are the
         same from token to token); nothing writes to it."""
+        # kernels of later steps often hold the very same arrays (parameter reads, V
+        # appends into one token column): look them up by identity first
+        key = (id(self.bank), id(self.row), id(self.col), self.name, self.what,
+               self.banks_per_bankgroup, None if spec is None else id(spec.dram.timing))
+        hit = _BY_ARRAYS.get(key)
+        if hit is not None:
+            return hit[-1]
         lag = None
         if spec is not None and self._runs.size > 1:
             lag = lags(spec.dram.timing, self.what == "write")
         b, r, c = (np.ascontiguousarray(a, dtype=np.int64).tobytes()
                    for a in (self.bank, self.row, self.col))
-        return _access_stream(self.name, self.what, self.banks_per_bankgroup, lag, b, r, c)
+        stream = _access_stream(self.name, self.what, self.banks_per_bankgroup, lag, b, r, c)
+        if len(_BY_ARRAYS) >= 16384:
+            _BY_ARRAYS.clear()
+        # the entry holds the arrays (and timing), so their ids stay theirs while it stands
+        _BY_ARRAYS[key] = (self.bank, self.row, self.col,
+                           None if spec is None else spec.dram.timing, stream)
+        return stream
+
+
+#: access streams by the identity of their kernel's arrays (see AccessKernel.commands)
+_BY_ARRAYS: dict = {}
 
 
 @functools.lru_cache(maxsize=4096)

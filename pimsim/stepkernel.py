@@ -243,7 +243,7 @@ def _ceil_div(a, b):
     return -((-a) // b)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, store, bufs,
                  class_of, n_classes, tail_of, counts, classes):
     """Issue piece ``pc`` on channel ``c``, its first command no earlier than
