@@ -769,12 +769,15 @@ class Program:
     """One decode step at context ``kv_len`` (K/V of positions 0..kv_len-1 after the append).
 
     ``flat`` holds the step's nodes (items) and edges; :attr:`graph` is the same DAG as a
-    networkx graph, built on first use."""
+    networkx graph, built on first use. ``layout``, when the builder gives one, is shared
+    by every step with the same node names and edges: only the items at
+    ``layout.dyn_pos`` differ between them (the others are the same objects)."""
 
     flat: FlatGraph
     kv_len: int
     model: str
     strategy: str
+    layout: object = None
 
     @functools.cached_property
     def graph(self) -> nx.DiGraph:
@@ -1515,7 +1518,7 @@ class _Builder:
             kept = F.copy()
             for p in self.dyn_pos:          # this step's own items: not kept alive
                 kept.items[p] = None
-            skeletons[key] = _Skeleton(kept, self.dyn_pos)
+            sk = skeletons[key] = _Skeleton(kept, self.dyn_pos)
             total = sum(len(s.flat.names) for s in skeletons.values())
             while len(skeletons) > 1 and (len(skeletons) > SKELETONS or total > SKELETON_NODES):
                 total -= len(skeletons.popitem(last=False)[1].flat.names)
@@ -1525,4 +1528,4 @@ class _Builder:
             items = F.items
             for p, it in zip(sk.dyn_pos, self.dyn_items):
                 items[p] = it
-        return Program(F, self.L, self.m.trace.model, self.m.strategy.name)
+        return Program(F, self.L, self.m.trace.model, self.m.strategy.name, sk)

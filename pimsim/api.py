@@ -8,6 +8,7 @@ prints; pass ``progress`` to hear about each finished step.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -114,24 +115,33 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
     crit: dict[str, int] = {}
     chan: dict[str, int] = {}
     stall = 0
-    for i in range(tokens):
-        kv_len = prompt + i + 1
-        step = sim.run_step(mapping.program(kv_len))
-        for src, dst in ((step.counts, totals), (step.asic, asic_totals), (step.transfer_bytes, bytes_totals)):
-            for k, v in src.items():
-                dst[k] = dst.get(k, 0) + v
-        for k, v in step.critical_ps.items():
-            name = CATEGORIES.get(k, k)
-            crit[name] = crit.get(name, 0) + v
-        for k, v in step.channel_cycles.items():
-            chan[k] = chan.get(k, 0) + v
-        stall += step.refresh_stall_cycles
-        result.steps.append({"kv_len": kv_len, "latency_s": step.latency_ps * 1e-12,
-                             "start_s": step.start_ps * 1e-12})
-        if timeline:
-            result.timeline += [(n, c, ch, s, e) for n, c, ch, s, e in step.timeline]
-        if progress is not None:
-            progress(i + 1, tokens)
+    # the mapping's objects live as long as the run: keep the cyclic garbage collector
+    # from walking them again and again (unless the caller froze objects already)
+    froze = gc.get_freeze_count() == 0
+    if froze:
+        gc.freeze()
+    try:
+        for i in range(tokens):
+            kv_len = prompt + i + 1
+            step = sim.run_step(mapping.program(kv_len))
+            for src, dst in ((step.counts, totals), (step.asic, asic_totals), (step.transfer_bytes, bytes_totals)):
+                for k, v in src.items():
+                    dst[k] = dst.get(k, 0) + v
+            for k, v in step.critical_ps.items():
+                name = CATEGORIES.get(k, k)
+                crit[name] = crit.get(name, 0) + v
+            for k, v in step.channel_cycles.items():
+                chan[k] = chan.get(k, 0) + v
+            stall += step.refresh_stall_cycles
+            result.steps.append({"kv_len": kv_len, "latency_s": step.latency_ps * 1e-12,
+                                 "start_s": step.start_ps * 1e-12})
+            if timeline:
+                result.timeline += [(n, c, ch, s, e) for n, c, ch, s, e in step.timeline]
+            if progress is not None:
+                progress(i + 1, tokens)
+    finally:
+        if froze:
+            gc.unfreeze()
     if check:
         violations = sim.check_logs()
         if violations:

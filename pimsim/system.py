@@ -121,6 +121,7 @@ class SystemSimulator:
         self.scheduler = scheduler
         self._compiled = None
         self._info: dict = {}
+        self._plans: dict = {}
         self.env = simpy.Environment()
         self._now = 0
         self.channels = [EngineState(spec.dram) for _ in range(spec.dram.channels)]
@@ -488,45 +489,37 @@ class SystemSimulator:
         self._info[id(item)] = info
         return info
 
+    def _plan(self, program) -> "_StepPlan":
+        """The step's arrays for the compiled scheduler. Steps sharing a layout (the same
+        nodes and edges, items differing only at ``layout.dyn_pos``) share one plan: only
+        what those items give is redone."""
+        cs = self._compiled_state()
+        flat = _flat(program)
+        layout = getattr(program, "layout", None)
+        plan = self._plans.get(id(layout)) if layout is not None else None
+        if plan is None or plan.layout is not layout:
+            plan = _StepPlan(self, flat, layout)
+            if layout is not None:
+                if len(self._plans) >= 32:
+                    self._plans.clear()
+                self._plans[id(layout)] = plan
+        else:
+            plan.update(self, flat[1])
+        if plan.generation != cs.arena.generation:
+            plan.register(self)
+        return plan
+
     def _run_compiled(self, program, stats: StepStats) -> None:
         """The listed schedule, computed by :func:`pimsim.stepkernel.run_step` from the
         program's flat graph."""
         cs = self._compiled_state()
-        names_all, items_all, src, dst = _flat(program)
-        get, info_of = self._info.get, self._node_info
-        infos = [get(id(it)) or info_of(it) for it in items_all]
-        codes = np.fromiter((i[1] for i in infos), dtype=np.int64, count=len(infos))
-        is_transfer = (codes == 2).astype(np.uint8)
-        (order, in_ptr, in_src, in_lat, start_delay, pr_ptr, _, user_ptr,
-         user_idx) = sk.prepare(is_transfer, src, dst, self.link_latency_ps)
-        if len(order) == 0 and len(names_all) > int(is_transfer.sum()):
-            raise PimsimError(f"program of {getattr(program, 'model', '?')} has a cycle")
-        n = len(order)
+        plan = self._plan(program)
+        n = plan.n
         t0 = stats.start_ps
-        order_l = order.tolist()
-        nodes = [infos[v] for v in order_l]
-        names = [names_all[v] for v in order_l]
-        kind = codes[order]
-        tab = np.array([i[2:4] for i in nodes], dtype=np.int64).reshape(n, 2)
-        res = np.ascontiguousarray(tab[:, 0])
-        prio = np.ascontiguousarray(tab[:, 1])
-        kernels = np.flatnonzero(kind == 0)
-        ksid = np.full(n, -1, dtype=np.int64)
-        ksid[kernels] = cs.sids([nodes[i][5] for i in kernels.tolist()])
-        dur = np.zeros(n, dtype=np.int64)
-        asics = np.flatnonzero(kind == 1)
-        if asics.size:
-            dur[asics] = [nodes[i][5] for i in asics.tolist()]
-            sums = np.sum([nodes[i][6] for i in asics.tolist()], axis=0).tolist()
-            for k, v in zip(_ASIC_COUNTS + ("cycles",), sums):
-                stats.asic[k] = stats.asic.get(k, 0) + v
-        tb = stats.transfer_bytes
-        for i in infos:
-            if i[1] == 2:
-                tb[i[5]] = tb.get(i[5], 0) + i[6]
-        n_prod = np.diff(pr_ptr)
-        nrank = np.empty(n, dtype=np.int64)
-        nrank[sorted(range(n), key=names.__getitem__)] = np.arange(n)
+        for k, v in zip(_ASIC_COUNTS + ("cycles",), plan.asic_sums()):
+            stats.asic[k] = stats.asic.get(k, 0) + v
+        for d, v in plan.transfer_sums().items():
+            stats.transfer_bytes[d] = stats.transfer_bytes.get(d, 0) + v
         o_ready = np.zeros(n, dtype=np.int64)
         o_start = np.zeros(n, dtype=np.int64)
         o_end = np.zeros(n, dtype=np.int64)
@@ -539,8 +532,9 @@ class SystemSimulator:
         store = cs.store.tables(cs.arena.n_pieces, self.channels[0].arrays[0].size)
         cs.ensure_buffers(cs.arena.max_len)
         chans = cs.load(self.channels)
-        sk.run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod,
-                    user_ptr, user_idx, dur, ksid, res, t0, len(self.channels) + 1, self.tck,
+        sk.run_step(plan.kind, plan.res, plan.prio, plan.start_delay, plan.in_ptr, plan.in_src,
+                    plan.in_lat, plan.nrank, plan.n_prod, plan.user_ptr, plan.user_idx,
+                    plan.dur, plan.ksid, plan.res, t0, len(self.channels) + 1, self.tck,
                     cs.eng, a, chans, cs.refr, self.memo, int(self._refresh_on), store, cs.bufs,
                     _CLASS_OF, len(_CLASSES), self._tail_of, o_ready, o_start, o_end, o_via,
                     o_delay, counts, classes, misc)
@@ -562,28 +556,17 @@ class SystemSimulator:
             if v:
                 stats.channel_cycles[k] = stats.channel_cycles.get(k, 0) + v
         stats.refresh_stall_cycles += int(misc[sk.M_STALL])
-        cats = [i[4] for i in nodes]
-        for cat, b in zip(cats, (o_end - o_start).tolist()):
-            stats.busy_ps[cat] = stats.busy_ps.get(cat, 0) + b
+        busy = np.zeros(len(plan.cat_names), dtype=np.int64)
+        np.add.at(busy, plan.cat, o_end - o_start)
+        for cat, b in zip(plan.cat_names, busy.tolist()):
+            if cat in plan.cats_present:
+                stats.busy_ps[cat] = stats.busy_ps.get(cat, 0) + b
         stats.end_ps = self._now
-        stats.critical_ps = _critical_path_arrays(names, cats, o_ready, o_start, o_end, o_via,
-                                                  o_delay, nrank, stats.start_ps, stats.end_ps)
+        stats.critical_ps = _critical_path_arrays(plan.names, plan.cat_names, plan.cat, o_ready,
+                                                  o_start, o_end, o_via, o_delay, plan.nrank,
+                                                  stats.start_ps, stats.end_ps)
         if stats.timeline is not None:
-            starts, ends = o_start.tolist(), o_end.tolist()
-            for i, info in enumerate(nodes):
-                stats.timeline.append((names[i], cats[i], getattr(info[0], "channel", -1),
-                                       starts[i], ends[i]))
-            end_of = {v: ends[i] for i, v in enumerate(order_l)}
-            preds: dict[int, list] = {}
-            for u, v in zip(src.tolist(), dst.tolist()):
-                preds.setdefault(v, []).append(u)
-            for v, info in enumerate(infos):
-                if info[1] == 2:
-                    e = [end_of[p] for p in preds.get(v, ()) if p in end_of]
-                    tt = max(e, default=stats.start_ps)
-                    stats.timeline.append((names_all[v], TRANSFER, info[0].channel, tt,
-                                           tt + self.link_latency_ps))
-            stats.timeline.sort(key=lambda e: (e[3], e[4], e[0]))
+            plan.timeline(self, stats, o_start.tolist(), o_end.tolist())
 
     def check_logs(self) -> list:
         """Protocol-check every channel's full command log (needs ``keep_logs``)."""
@@ -598,6 +581,142 @@ class SystemSimulator:
                       for f in ("cmd", "bg", "ba", "row", "col")}
             out += [(c, v) for v in check(self.dram, cycles, CommandStream(**fields))]
         return out
+
+
+class _StepPlan:
+    """One step layout's arrays for :func:`pimsim.stepkernel.run_step`: the prepared graph
+    (topological order, inputs, users), names and their ranks, and per node its kind,
+    resource, priority, category, stream number (kernels) or duration (ASIC operators).
+    ``update`` takes a later step's items at the layout's step-dependent positions."""
+
+    def __init__(self, sim: SystemSimulator, flat: tuple, layout):
+        names_all, items_all, src, dst = flat
+        self.layout = layout            # held, so its id stays its own while cached
+        self.src, self.dst = src, dst
+        self.names_all = names_all
+        get, info_of = sim._info.get, sim._node_info
+        infos = [get(id(it)) or info_of(it) for it in items_all]
+        codes = np.fromiter((i[1] for i in infos), dtype=np.int64, count=len(infos))
+        self.is_transfer = (codes == 2)
+        (order, self.in_ptr, self.in_src, self.in_lat, self.start_delay, pr_ptr, _,
+         self.user_ptr, self.user_idx) = sk.prepare(self.is_transfer.astype(np.uint8), src, dst,
+                                                     sim.link_latency_ps)
+        if len(order) == 0 and len(names_all) > int(self.is_transfer.sum()):
+            raise PimsimError(f"a step program has a cycle ({len(names_all)} nodes)")
+        self.n = n = len(order)
+        self.order = order
+        self.n_prod = np.diff(pr_ptr)
+        self.topo_of = np.full(len(names_all), -1, dtype=np.int64)
+        self.topo_of[order] = np.arange(n)
+        order_l = order.tolist()
+        self.names = [names_all[v] for v in order_l]
+        self.nrank = np.empty(n, dtype=np.int64)
+        self.nrank[sorted(range(n), key=self.names.__getitem__)] = np.arange(n)
+        self.kind = codes[order]
+        self.res = np.zeros(n, dtype=np.int64)
+        self.prio = np.zeros(n, dtype=np.int64)
+        self.cat_names: list = []
+        self._cat_code: dict = {}
+        self.cat = np.zeros(n, dtype=np.int64)
+        self.dur = np.zeros(n, dtype=np.int64)
+        self.ksid = np.full(n, -1, dtype=np.int64)
+        self.streams: list = [None] * n
+        self.asic_counts = np.zeros((n, len(_ASIC_COUNTS) + 1), dtype=np.int64)
+        self.tr_dir: list = []
+        self.tr_bytes = np.zeros(0, dtype=np.int64)
+        dyn = set(getattr(layout, "dyn_pos", ()) or ())
+        self.dyn_pos = sorted(dyn) if layout is not None else list(range(len(items_all)))
+        static_tr: dict = {}
+        for v, info in enumerate(infos):
+            if info[1] == 2:
+                if layout is not None and v not in dyn:
+                    static_tr[info[5]] = static_tr.get(info[5], 0) + info[6]
+            else:
+                self._set(self.topo_of[v], info)
+        self.static_transfers = static_tr
+        self.cats_present = set(self.cat_names)
+        self.dyn_transfers: dict = {}
+        self._dyn_transfer_sums(infos if layout is None else [infos[v] for v in self.dyn_pos])
+        self.generation = -1
+        self.infos = infos
+
+    def _set(self, t: int, info: tuple) -> None:
+        """Node t (topological position) from its item's info."""
+        self.res[t] = info[2]
+        self.prio[t] = info[3]
+        c = self._cat_code.get(info[4])
+        if c is None:
+            c = self._cat_code[info[4]] = len(self.cat_names)
+            self.cat_names.append(info[4])
+        self.cat[t] = c
+        if info[1] == 0:
+            self.streams[t] = info[5]
+        else:
+            self.dur[t] = info[5]
+            self.asic_counts[t] = info[6]
+
+    def _dyn_transfer_sums(self, infos) -> None:
+        out: dict = {}
+        for info in infos:
+            if info[1] == 2:
+                out[info[5]] = out.get(info[5], 0) + info[6]
+        self.dyn_transfers = out
+
+    def update(self, sim: SystemSimulator, items_all: list) -> None:
+        get, info_of = sim._info.get, sim._node_info
+        infos = [get(id(items_all[v])) or info_of(items_all[v]) for v in self.dyn_pos]
+        kernels = []
+        for v, info in zip(self.dyn_pos, infos):
+            self.infos[v] = info
+            t = self.topo_of[v]
+            if t >= 0:
+                if info[1] == 2 or int(self.kind[t]) != info[1]:
+                    raise PimsimError(f"step layout: node {self.names_all[v]} changed kind")
+                self._set(t, info)
+                if info[1] == 0:
+                    kernels.append(t)
+            elif info[1] != 2:
+                raise PimsimError(f"step layout: node {self.names_all[v]} changed kind")
+        self.cats_present.update(self.cat_names)
+        self._dyn_transfer_sums(infos)
+        if kernels and self.generation == sim._compiled.arena.generation:
+            before = sim._compiled.arena.generation
+            sids = sim._compiled.sids([self.streams[t] for t in kernels])
+            if sim._compiled.arena.generation == before:
+                self.ksid[kernels] = sids
+            else:
+                self.generation = -1
+
+    def register(self, sim: SystemSimulator) -> None:
+        """Arena numbers of every kernel's stream (again after the arena was cleared)."""
+        kernels = np.flatnonzero(self.kind == 0)
+        self.ksid[kernels] = sim._compiled.sids([self.streams[t] for t in kernels.tolist()])
+        self.generation = sim._compiled.arena.generation
+
+    def asic_sums(self) -> list[int]:
+        return self.asic_counts.sum(axis=0).tolist() if self.n and (self.kind == 1).any() else []
+
+    def transfer_sums(self) -> dict:
+        out = dict(self.static_transfers)
+        for d, v in self.dyn_transfers.items():
+            out[d] = out.get(d, 0) + v
+        return out
+
+    def timeline(self, sim: SystemSimulator, stats: StepStats, starts: list, ends: list) -> None:
+        for t in range(self.n):
+            info = self.infos[int(self.order[t])]
+            stats.timeline.append((self.names[t], self.cat_names[self.cat[t]],
+                                   getattr(info[0], "channel", -1), starts[t], ends[t]))
+        preds: dict[int, list] = {}
+        for u, v in zip(self.src.tolist(), self.dst.tolist()):
+            preds.setdefault(v, []).append(u)
+        for v, info in enumerate(self.infos):
+            if info[1] == 2:
+                e = [ends[self.topo_of[p]] for p in preds.get(v, ()) if self.topo_of[p] >= 0]
+                tt = max(e, default=stats.start_ps)
+                stats.timeline.append((self.names_all[v], TRANSFER, info[0].channel, tt,
+                                       tt + sim.link_latency_ps))
+        stats.timeline.sort(key=lambda e: (e[3], e[4], e[0]))
 
 
 class _Compiled:
@@ -674,10 +793,10 @@ def _flat(program) -> tuple:
     return names, items, src, dst
 
 
-def _critical_path_arrays(names, cats, ready, start, end, via, delay, nrank, start_ps: int,
-                          end_ps: int) -> dict[str, int]:
+def _critical_path_arrays(names, cat_names, cat, ready, start, end, via, delay, nrank,
+                          start_ps: int, end_ps: int) -> dict[str, int]:
     """:func:`_critical_path` over the compiled scheduler's arrays (``via``: producer
-    position, -1 the step start)."""
+    position, -1 the step start; ``cat``: category code into ``cat_names``)."""
     out: dict[str, int] = {}
     if not names:
         out["wait"] = end_ps - start_ps
@@ -688,8 +807,8 @@ def _critical_path_arrays(names, cats, ready, start, end, via, delay, nrank, sta
     t = end_ps
     while node is not None:
         r, s, e, d = int(ready[node]), int(start[node]), int(end[node]), int(delay[node])
-        cat = cats[node]
-        out[cat] = out.get(cat, 0) + (min(e, t) - s)
+        c = cat_names[cat[node]]
+        out[c] = out.get(c, 0) + (min(e, t) - s)
         out["wait"] = out.get("wait", 0) + (s - r) + (t - min(e, t))
         if d:
             out["transfer"] = out.get("transfer", 0) + d
