@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
+from numba import njit
 
 from mappings.access_order import lags, pipelined_order
 from mappings.layout import SEG_FIELDS, ChannelPart, Region, Template
@@ -567,38 +568,61 @@ def _access_stream(name: str, what: str, bpg: int, lag, bank_b: bytes, row_b: by
 
     bank, row, col = (np.frombuffer(b, dtype=np.int64) for b in (bank_b, row_b, col_b))
     C = CMD_ID
-    n = bank.size
-    if n:
-        change = (np.diff(bank) != 0) | (np.diff(row) != 0)
-        runs = np.r_[0, np.flatnonzero(change) + 1]
-    else:
-        runs = np.zeros(0, dtype=np.int64)
-    first = np.zeros(n, dtype=np.int64)
-    first[runs] = 1
-    last = np.zeros(n, dtype=np.int64)
-    last[np.r_[runs[1:] - 1, n - 1] if n else []] = 1
-    length = first + 1 + last
-    off = np.cumsum(length) - length
-    total = int(length.sum())
-    bg = np.repeat(bank // bpg, length)
-    ba = np.repeat(bank % bpg, length)
-    rows = np.full(total, -1, dtype=np.int64)
-    cols = np.full(total, -1, dtype=np.int64)
-    cmd = np.full(total, C["RD" if what == "read" else "WR"], dtype=np.int64)
-    a = off[first == 1]
-    cmd[a] = C["ACT"]
-    rows[a] = row[first == 1]
-    x = off + first
-    rows[x] = row
-    cols[x] = col
-    cmd[(x + 1)[last == 1]] = C["PRE"]
-    bg, ba = bg.astype(np.int64), ba.astype(np.int64)
+    cmd, bg, ba, rows, cols, run_bank, run_len = _access_arrays(
+        bank, row, col, bpg, C["RD" if what == "read" else "WR"], C["ACT"], C["PRE"])
     if lag is not None:
         d_col, d_pre = lag
-        perm = pipelined_order(bank[runs], np.diff(np.r_[runs, n]), int(bank.max()) + 1,
-                               d_col, d_pre)
+        perm = pipelined_order(run_bank, run_len, int(bank.max()) + 1, d_col, d_pre)
         cmd, bg, ba, rows, cols = cmd[perm], bg[perm], ba[perm], rows[perm], cols[perm]
     return CommandStream(cmd, bg, ba, rows, cols, source=name)
+
+
+@njit(cache=True)
+def _access_arrays(bank, row, col, bpg, col_cmd, act, pre):
+    """Run by run (a run: consecutive accesses to one bank and row): ACT (the row), the
+    column commands (row, column), PRE; and each run's bank and length."""
+    n = bank.shape[0]
+    n_runs = 0
+    for i in range(n):
+        if i == 0 or bank[i] != bank[i - 1] or row[i] != row[i - 1]:
+            n_runs += 1
+    total = n + 2 * n_runs
+    cmd = np.empty(total, dtype=np.int64)
+    bg = np.empty(total, dtype=np.int64)
+    ba = np.empty(total, dtype=np.int64)
+    rows = np.full(total, -1, dtype=np.int64)
+    cols = np.full(total, -1, dtype=np.int64)
+    run_bank = np.empty(n_runs, dtype=np.int64)
+    run_len = np.zeros(n_runs, dtype=np.int64)
+    w = 0
+    r = -1
+    for i in range(n):
+        b = bank[i]
+        if i == 0 or b != bank[i - 1] or row[i] != row[i - 1]:
+            if i > 0:
+                cmd[w] = pre
+                bg[w] = bank[i - 1] // bpg
+                ba[w] = bank[i - 1] % bpg
+                w += 1
+            r += 1
+            run_bank[r] = b
+            cmd[w] = act
+            bg[w] = b // bpg
+            ba[w] = b % bpg
+            rows[w] = row[i]
+            w += 1
+        cmd[w] = col_cmd
+        bg[w] = b // bpg
+        ba[w] = b % bpg
+        rows[w] = row[i]
+        cols[w] = col[i]
+        run_len[r] += 1
+        w += 1
+    if n > 0:
+        cmd[w] = pre
+        bg[w] = bank[n - 1] // bpg
+        ba[w] = bank[n - 1] % bpg
+    return cmd, bg, ba, rows, cols, run_bank, run_len
 
 
 @dataclass(eq=False)

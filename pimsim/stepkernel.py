@@ -16,8 +16,7 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
-from numba import njit, types
-from numba.typed import Dict
+from numba import njit
 
 from pimsim.engine.compile import ACT, ACT16, PRE, PREA, REFAB, REFPB
 from pimsim.engine.kernel import NC, postponed_refresh, run_channel
@@ -216,14 +215,15 @@ class RunStore:
         self.raise_idx = np.zeros(pool, dtype=np.int64)
         self.raise_val = np.zeros(pool, dtype=np.int64)
         self.ev_pool = np.zeros(pool // 8, dtype=np.int64)
-        self.index = Dict.empty(key_type=types.int64, value_type=types.int64)
+        # open addressing: slot -> (key hash, entry); entry -1: empty; at most half full
+        self.index = np.full((1 << (2 * capacity - 1).bit_length(), 2), -1, dtype=np.int64)
         #: entries, key pool, raise pool, event pool in use
         self.used = np.zeros(4, dtype=np.int64)
         self.runs = np.zeros(0, dtype=np.int64)     # per piece: runs so far
         self.scratch = np.full(64 * NC, -1, dtype=np.int64)
 
     def clear(self) -> None:
-        self.index.clear()
+        self.index[:, 1] = -1
         self.used[:] = 0
         self.runs = np.zeros(0, dtype=np.int64)
 
@@ -309,7 +309,7 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
         h = np.int64(-3750763034362895579)
         for q in range(nk):
             h = (h ^ key[q]) * np.int64(_HASH_MUL)
-        e = index[h] if h in index else -1
+        e = _find(index, h)
         if e >= 0:
             same = meta[e, _KEY_LEN] == nk
             if same:
@@ -403,7 +403,7 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
             n_ev += kw if kw < win_size[w] else win_size[w]
         if (used[0] >= meta.shape[0] or used[1] + nk > key_pool.shape[0]
                 or used[2] + n_raise > raise_idx.shape[0] or used[3] + n_ev > ev_pool.shape[0]):
-            index.clear()
+            index[:, 1] = -1
             used[:] = 0
         e = used[0]
         used[0] = e + 1
@@ -450,8 +450,30 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
         meta[e, _READ_END] = read_end - base if read_end >= 0 else -1
         s_counts[e, :] = run_counts
         s_classes[e, :] = run_classes
-        index[h] = e
+        _put(index, h, e)
     return OK, stall, first, read_end, False
+
+
+@njit(cache=True, inline="always")
+def _find(index, h):
+    """The entry stored under key hash h, or -1."""
+    mask = index.shape[0] - 1
+    i = h & mask
+    while index[i, 1] >= 0:
+        if index[i, 0] == h:
+            return index[i, 1]
+        i = (i + 1) & mask
+    return -1
+
+
+@njit(cache=True, inline="always")
+def _put(index, h, e):
+    mask = index.shape[0] - 1
+    i = h & mask
+    while index[i, 1] >= 0 and index[i, 0] != h:
+        i = (i + 1) & mask
+    index[i, 0] = h
+    index[i, 1] = e
 
 
 @njit(cache=True)

@@ -93,3 +93,38 @@ def test_lags_follow_the_timing_table(spec):
 
 def test_order_without_banks_is_empty():
     assert pipelined_order(np.zeros(0), np.zeros(0), 16, 4, 10).size == 0
+
+
+def _plain_runs(bank, row, col, what, bpg):
+    """Plain-loop twin of the run-by-run stream: per (bank, row) run ACT, the column
+    commands, PRE."""
+    col_cmd = CMD_ID["RD" if what == "read" else "WR"]
+    out = []
+    for i in range(len(bank)):
+        b, r = int(bank[i]), int(row[i])
+        new = i == 0 or (b, r) != (int(bank[i - 1]), int(row[i - 1]))
+        if new and i > 0:
+            p = int(bank[i - 1])
+            out.append((CMD_ID["PRE"], p // bpg, p % bpg, -1, -1))
+        if new:
+            out.append((CMD_ID["ACT"], b // bpg, b % bpg, r, -1))
+        out.append((col_cmd, b // bpg, b % bpg, r, int(col[i])))
+    if len(bank):
+        p = int(bank[-1])
+        out.append((CMD_ID["PRE"], p // bpg, p % bpg, -1, -1))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_run_by_run_stream_equals_plain_loop_twin(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 80))
+    bank, row = rng.integers(0, 16, n), rng.integers(0, 6, n)
+    order = np.lexsort((row, bank))
+    bank, row, col = bank[order], row[order], rng.integers(0, 64, n)
+    what = "read" if seed % 2 else "write"
+    k = AccessKernel(f"k{seed}", 0, what, bank, row, col, np.full(n, -1), 4)
+    s = k.commands()
+    got = list(zip(s.cmd.tolist(), s.bg.tolist(), s.ba.tolist(), s.row.tolist(), s.col.tolist()))
+    assert got == _plain_runs(bank, row, col, what, 4)
+    assert k.counts["ACT"] == k.counts["PRE"] == sum(1 for c in got if c[0] == CMD_ID["ACT"])
