@@ -115,8 +115,9 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
     crit: dict[str, int] = {}
     chan: dict[str, int] = {}
     stall = 0
-    # the mapping's objects live as long as the run: keep the cyclic garbage collector
-    # from walking them again and again (unless the caller froze objects already)
+    # the mapping's objects, and what its caches gain step by step, live as long as the
+    # run: keep the cyclic garbage collector from walking them again and again (unless
+    # the caller froze objects already); unfrozen, and so collectable, after the run
     froze = gc.get_freeze_count() == 0
     if froze:
         gc.freeze()
@@ -139,6 +140,8 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
                 result.timeline += [(n, c, ch, s, e) for n, c, ch, s, e in step.timeline]
             if progress is not None:
                 progress(i + 1, tokens)
+            if froze:
+                gc.freeze()
     finally:
         if froze:
             gc.unfreeze()

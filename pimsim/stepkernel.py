@@ -31,6 +31,9 @@ M_STALL, M_NOW, M_HITS, M_STATUS, M_CHANNEL, M_ISSUED, M_ISSUED_CMDS = range(7)
 _LAST, _FIRST, _READ_END, _KEY_AT, _KEY_LEN, _RAISE_AT, _N_RAISE, _EV_AT = range(8)
 #: pieces reading more timing entries than this are not keyed
 KEY_MAX = 256
+#: a piece's run is stored from its (STORE_FROM + 1)-th run on (most pieces that recur
+#: do so step after step; a first run is often the only one)
+STORE_FROM = 1
 #: streams longer than this are issued, and their runs stored, in pieces of about CHUNK
 #: commands (issuing a stream in pieces gives the cycles of issuing it at once, as long
 #: as no piece ends with a TMOD), so the refresh-free pieces of a long kernel replay
@@ -108,10 +111,10 @@ class Arena:
 
     def __init__(self, win_to: np.ndarray, win_from: np.ndarray, tmod: int,
                  addr_all: np.ndarray, n_bg: int, bpg: int, limit: int = 1 << 25):
-        self.w_to = win_to.astype(bool)
-        self.w_from = win_from.astype(np.int64)
+        self.w_to = win_to.astype(np.uint8)
+        self.w_from = win_from.astype(np.uint8)
         self.tmod = tmod
-        self.addr_all = addr_all.astype(bool)
+        self.addr_all = addr_all.astype(np.uint8)
         self.n_bg = n_bg
         self.bpg = bpg
         self.limit = limit
@@ -160,13 +163,15 @@ class Arena:
                 cuts.append(k)
                 k += CHUNK
         cuts.append(n)
+        bg, ba = np.asarray(stream.bg, dtype=np.int64), np.asarray(stream.ba, dtype=np.int64)
         for lo, hi in zip(cuts[:-1], cuts[1:]):
-            read = self._reads(cmd[lo:hi], stream.bg[lo:hi], stream.ba[lo:hi])
+            read, wto, wfrom = _piece_reads(cmd[lo:hi], bg[lo:hi], ba[lo:hi], self.addr_all,
+                                            self.n_bg, self.bpg, self.w_to, self.w_from)
             memo = len(read) <= KEY_MAX
             if memo:
                 self.read_idx.extend(read)
-            self.win_to.extend(self.w_to[:, cmd[lo:hi]].any(axis=1))
-            self.win_from.extend(self.w_from[:, cmd[lo:hi]].sum(axis=1))
+            self.win_to.extend(wto)
+            self.win_from.extend(wfrom)
             self.read_ptr.extend([self.read_idx.n])
             self.piece_off.extend([u + lo])
             self.piece_len.extend([hi - lo])
@@ -178,16 +183,6 @@ class Arena:
         self.sid[id(cmd)] = s
         return s
 
-    def _reads(self, cmd, bg, ba) -> np.ndarray:
-        """Flat indices (row x NC + command) of the timing-table entries that the engine
-        reads to place these commands: rows 0 and 1 for an all-bank command; row 0, its
-        bank group's and its bank's row otherwise (see pimsim.engine.kernel._earliest)."""
-        aa = self.addr_all[cmd]
-        c, b = cmd[~aa], bg[~aa]
-        idx = np.concatenate((cmd, NC + cmd[aa], (2 + b) * NC + c,
-                              (2 + self.n_bg + b * self.bpg + ba[~aa]) * NC + c))
-        return np.unique(idx)
-
     @property
     def n_pieces(self) -> int:
         return self.piece_off.n
@@ -198,6 +193,33 @@ class Arena:
                 self.read_ptr.view, self.read_idx.view, self.win_to.view, self.win_from.view)
 
 
+@njit(cache=True)
+def _piece_reads(cmd, bg, ba, addr_all, n_bg, bpg, win_to, win_from):
+    """The flat indices (row x NC + command) of the timing-table entries the engine reads
+    to place these commands, increasing: rows 0 and 1 for an all-bank command; row 0, its
+    bank group's and its bank's row otherwise (see pimsim.engine.kernel._earliest); per
+    window, whether a command waits on it and how many commands enter it."""
+    n_rows = 2 + n_bg + n_bg * bpg
+    seen = np.zeros(n_rows * NC, dtype=np.uint8)
+    n_win = win_to.shape[0]
+    wto = np.zeros(n_win, dtype=np.int64)
+    wfrom = np.zeros(n_win, dtype=np.int64)
+    for i in range(cmd.shape[0]):
+        c = cmd[i]
+        seen[c] = 1
+        if addr_all[c]:
+            seen[NC + c] = 1
+        else:
+            seen[(2 + bg[i]) * NC + c] = 1
+            seen[(2 + n_bg + bg[i] * bpg + ba[i]) * NC + c] = 1
+        for w in range(n_win):
+            if win_to[w, c]:
+                wto[w] = 1
+            if win_from[w, c]:
+                wfrom[w] += 1
+    return np.flatnonzero(seen).astype(np.int64), wto, wfrom
+
+
 class RunStore:
     """Stored runs of stream pieces: the key (piece; the timing entries the piece reads and
     the four-activate-style windows it waits on, relative to its first possible cycle and
@@ -205,8 +227,8 @@ class RunStore:
     open, its counts and cycles. Keys, raises and events lie in pools; everything is
     dropped when an array is full."""
 
-    def __init__(self, banks: int, n_classes: int, capacity: int = 1 << 16,
-                 pool: int = 1 << 23):
+    def __init__(self, banks: int, n_classes: int, capacity: int = 1 << 18,
+                 pool: int = 1 << 24):
         self.meta = np.zeros((capacity, 8), dtype=np.int64)
         self.end_open = np.zeros((capacity, banks), dtype=np.int64)
         self.counts = np.zeros((capacity, N_COMMANDS), dtype=np.int64)
@@ -392,8 +414,7 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
     if n_ins > 0 and ins_cycle[0] < first:
         first = ins_cycle[0]
     runs[pc] += 1
-    # a piece's first run is not stored: most pieces that recur do so from step to step
-    if keyed and runs[pc] > 1 and n_ins == 0 and (refresh_on == 0 or sc[1] > sc[0]):
+    if keyed and runs[pc] > STORE_FROM and n_ins == 0 and (refresh_on == 0 or sc[1] > sc[0]):
         n_raise = _raises(a_cmd[o:o + n], a_bg[o:o + n], a_ba[o:o + n], cyc[:n], base, n_bg,
                           bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr, all_to, all_lat,
                           scratch)
