@@ -17,9 +17,10 @@ resource and holds it for the time the model gives:
   RDMAC16 commands of the kernels next to it, whose data-bus spacing the engine enforces.
 
 A resource falls to the waiting node with the least (operator index, ready time, program
-position) at the end of each instant. Two schedulers give this same schedule: SimPy
-processes (``scheduler="simpy"``), and the default time-ordered event list, which runs the
-same node work without SimPy's per-event machinery; tests require identical results.
+position) at the end of each instant. Three schedulers give this same schedule: the
+default, a compiled time-ordered event list over the step's arrays (``"compiled"``,
+:mod:`pimsim.stepkernel`, with a finer store of kernel runs); the same event list in
+Python (``"listed"``), and SimPy processes (``"simpy"``); tests require identical results.
 
 Times are integer picoseconds. The event core knows only time; hardware meaning stays in
 the node work. Library code: it returns data and never prints.
