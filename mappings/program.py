@@ -452,39 +452,56 @@ def _pass_commands(p: MacPass, base_row: int, plan: KernelPlan | None = None,
     if plan is None:
         plan = kernel_plan((p,))
     q = plan.passes[i]
-    R = plan.registers
-    row, c0, n = p.seg["row"], p.seg["c0"], p.seg["n"]
-    k = row.size
-    first = np.ones(k, dtype=np.int64)
-    first[1:] = row[1:] != row[:-1]
-    last = np.ones(k, dtype=np.int64)
-    last[:-1] = row[1:] != row[:-1]
-    batch = plan.batches(p, i)
-    length = first + n + last + batch * (R + 2)
-    head = (2 + q.drain + q.wrgb.size) if q.load else 0
-    off = head + np.cumsum(length) - length
-    total = head + int(length.sum())
-    cmd = np.full(total, C["MAC16"], dtype=np.int64)
+    wrgb = p.gb_slot[q.wrgb] if q.load else np.zeros(0, dtype=np.int64)
+    return _pass_arrays(p.seg["row"], p.seg["c0"], p.seg["n"],
+                        np.ascontiguousarray(plan.batches(p, i), dtype=np.int64),
+                        plan.registers, bool(q.load), int(q.drain),
+                        np.ascontiguousarray(wrgb, dtype=np.int64), int(base_row), C["TMOD"],
+                        C["RDMAC16"], C["WRGB"], C["ACT16"], C["MAC16"], C["PREA"])
+
+
+@njit(cache=True)
+def _pass_arrays(row, c0, n, batch, R, load, drain, wrgb, base_row, tmod, rdmac, wrgb_cmd,
+                 act16, mac16, prea):
+    """One pass's (cmd, row, col), segment by segment (see _pass_commands)."""
+    k = row.shape[0]
+    head = (2 + drain + wrgb.shape[0]) if load else 0
+    total = head
+    for i in range(k):
+        first = i == 0 or row[i] != row[i - 1]
+        last = i == k - 1 or row[i + 1] != row[i]
+        total += (1 if first else 0) + n[i] + (1 if last else 0) + batch[i] * (R + 2)
+    cmd = np.full(total, mac16, dtype=np.int64)
     rows = np.full(total, -1, dtype=np.int64)
     cols = np.full(total, -1, dtype=np.int64)
-    if q.load:
-        cmd[0] = cmd[head - 1] = C["TMOD"]
-        cmd[1:1 + q.drain] = C["RDMAC16"]
-        cmd[1 + q.drain:head - 1] = C["WRGB"]
-        cols[1 + q.drain:head - 1] = p.gb_slot[q.wrgb]
-    a = off[first == 1]
-    cmd[a] = C["ACT16"]
-    rows[a] = row[first == 1] + base_row
-    j = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
-    macs = np.repeat(off + first, n) + j
-    rows[macs] = np.repeat(row, n) + base_row
-    cols[macs] = np.repeat(c0, n) + j
-    e = off + first + n
-    cmd[e[last == 1]] = C["PREA"]
-    t = (e + last)[batch == 1]
-    cmd[t] = C["TMOD"]
-    cmd[t + R + 1] = C["TMOD"]
-    cmd[(t[:, None] + 1 + np.arange(R)).ravel()] = C["RDMAC16"]
+    if load:
+        cmd[0] = tmod
+        for j in range(drain):
+            cmd[1 + j] = rdmac
+        for j in range(wrgb.shape[0]):
+            cmd[1 + drain + j] = wrgb_cmd
+            cols[1 + drain + j] = wrgb[j]
+        cmd[head - 1] = tmod
+    w = head
+    for i in range(k):
+        r = row[i] + base_row
+        if i == 0 or row[i] != row[i - 1]:
+            cmd[w] = act16
+            rows[w] = r
+            w += 1
+        for j in range(n[i]):
+            rows[w] = r
+            cols[w] = c0[i] + j
+            w += 1
+        if i == k - 1 or row[i + 1] != row[i]:
+            cmd[w] = prea
+            w += 1
+        if batch[i]:
+            cmd[w] = tmod
+            for j in range(R):
+                cmd[w + 1 + j] = rdmac
+            cmd[w + R + 1] = tmod
+            w += R + 2
     return cmd, rows, cols
 
 
