@@ -427,19 +427,34 @@ def _hoisted_order(cmd: np.ndarray) -> np.ndarray | None:
     unchanged). Assumed: the global buffer and result registers can be written/read (buffer
     mode) while a row activated by ACT16 is open; the public AiM material does not forbid
     it."""
-    tm = cmd == CMD_ID["TMOD"]
-    # inside a block: from its opening TMOD (odd running count) to its closing TMOD
-    block = (np.cumsum(tm) % 2 == 1) | tm
-    act = np.flatnonzero(cmd[1:] == CMD_ID["ACT16"]) + 1
-    act = act[block[act - 1]]
-    if act.size == 0:
-        return None
-    pos = np.arange(cmd.size, dtype=np.int64)
-    begins = block & ~np.r_[False, block[:-1]]
-    stretch = np.maximum.accumulate(np.where(begins, pos, 0))   # first TMOD of the stretch
-    key = 2 * pos
-    key[act] = 2 * stretch[act - 1] - 1
-    return np.argsort(key, kind="stable")
+    moved, order = _hoist(cmd, CMD_ID["TMOD"], CMD_ID["ACT16"])
+    return order if moved else None
+
+
+@njit(cache=True)
+def _hoist(cmd, tmod, act16):
+    """(any ACT16 moved, the permutation) of :func:`_hoisted_order`: sort key 2 x position,
+    and 2 x (first TMOD of the stretch) - 1 for an ACT16 right after a block."""
+    n = cmd.shape[0]
+    key = np.empty(n, dtype=np.int64)
+    moved = False
+    count = 0
+    in_prev = False
+    stretch = 0
+    for i in range(n):
+        # inside a block: from its opening TMOD (odd running count) to its closing TMOD
+        is_tm = cmd[i] == tmod
+        if is_tm:
+            count += 1
+        inside = is_tm or count % 2 == 1
+        key[i] = 2 * i
+        if cmd[i] == act16 and in_prev:
+            key[i] = 2 * stretch - 1
+            moved = True
+        if inside and not in_prev:
+            stretch = i
+        in_prev = inside
+    return moved, np.argsort(key, kind="mergesort")
 
 
 def _pass_commands(p: MacPass, base_row: int, plan: KernelPlan | None = None,
