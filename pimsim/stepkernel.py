@@ -26,9 +26,11 @@ from pimsim.standard import N_COMMANDS
 OK, ERR_CHANNEL, ERR_REFRESH = 0, 1, 2
 #: misc outputs of run_step
 M_STALL, M_NOW, M_HITS, M_STATUS, M_CHANNEL, M_ISSUED, M_ISSUED_CMDS = range(7)
-#: meta columns of a stored run (cycles relative to its base; read end -1: no read), and
-#: where its key, raises and window events lie in the store's pools
-_LAST, _FIRST, _READ_END, _KEY_AT, _KEY_LEN, _RAISE_AT, _N_RAISE, _EV_AT = range(8)
+#: a stored run, packed in the store's pool: these header words (cycles relative to its
+#: base; read end -1: no read), then its command counts, channel cycles by class, rows
+#: left open (-2: untouched), key, raised entries (index, value pairs), window events
+_LAST, _FIRST, _READ_END, _KEY_LEN, _N_RAISE, _N_EV = range(6)
+_HEAD = 6
 #: pieces reading more timing entries than this are not keyed
 KEY_MAX = 256
 #: a piece's run is stored from its (STORE_FROM + 1)-th run on (most pieces that recur
@@ -224,23 +226,18 @@ class RunStore:
     """Stored runs of stream pieces: the key (piece; the timing entries the piece reads and
     the four-activate-style windows it waits on, relative to its first possible cycle and
     clipped at 0) -> what the run raised, the window events it added, the rows it left
-    open, its counts and cycles. Keys, raises and events lie in pools; everything is
-    dropped when an array is full."""
+    open, its counts and cycles, each run packed in one stretch of a pool (a replay reads
+    it front to back). Everything is dropped when the pool or the index is full."""
 
     def __init__(self, banks: int, n_classes: int, capacity: int = 1 << 18,
-                 pool: int = 1 << 24):
-        self.meta = np.zeros((capacity, 8), dtype=np.int64)
-        self.end_open = np.zeros((capacity, banks), dtype=np.int64)
-        self.counts = np.zeros((capacity, N_COMMANDS), dtype=np.int64)
-        self.classes = np.zeros((capacity, n_classes), dtype=np.int64)
-        self.key_pool = np.zeros(pool, dtype=np.int64)
-        self.raise_idx = np.zeros(pool, dtype=np.int64)
-        self.raise_val = np.zeros(pool, dtype=np.int64)
-        self.ev_pool = np.zeros(pool // 8, dtype=np.int64)
-        # open addressing: slot -> (key hash, entry); entry -1: empty; at most half full
+                 pool: int = 1 << 25):
+        self.pool = np.zeros(pool, dtype=np.int64)
+        # open addressing: slot -> (key hash, offset of the run in the pool); offset -1:
+        # empty; at most half full
         self.index = np.full((1 << (2 * capacity - 1).bit_length(), 2), -1, dtype=np.int64)
-        #: entries, key pool, raise pool, event pool in use
-        self.used = np.zeros(4, dtype=np.int64)
+        #: runs stored, pool words in use
+        self.used = np.zeros(2, dtype=np.int64)
+        self.capacity = capacity
         self.runs = np.zeros(0, dtype=np.int64)     # per piece: runs so far
         self.scratch = np.full(64 * NC, -1, dtype=np.int64)
 
@@ -256,8 +253,7 @@ class RunStore:
             self.runs = r
         if self.scratch.shape[0] < state_len:
             self.scratch = np.full(state_len, -1, dtype=np.int64)
-        return (self.index, self.meta, self.end_open, self.counts, self.classes, self.key_pool,
-                self.raise_idx, self.raise_val, self.ev_pool, self.used, self.runs, self.scratch)
+        return (self.index, self.pool, self.used, self.capacity, self.runs, self.scratch)
 
 
 @njit(cache=True, inline="always")
@@ -286,8 +282,7 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
      refresh, interval) = eng
     a_cmd, a_bg, a_ba, a_row, _, p_off, p_len, p_memo, r_ptr, r_idx, p_wto, p_wfrom = arena
     NX, RING, WCOUNT, WHEAD, OPEN, REOPEN, SC = chans
-    (index, meta, end_open, s_counts, s_classes, key_pool, raise_idx, raise_val, ev_pool,
-     used, runs, scratch) = store
+    index, pool, used, capacity, runs, scratch = store
     n_win = win_size.shape[0]
     release, cyc, key = bufs
     nx = NX[c]
@@ -332,22 +327,22 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
         for q in range(nk):
             h = (h ^ key[q]) * np.int64(_HASH_MUL)
         e = _find(index, h)
-        if e >= 0:
-            same = meta[e, _KEY_LEN] == nk
+        if e >= 0 and pool[e + _KEY_LEN] == nk and (refresh_on == 0
+                                                    or sc[1] - base > pool[e + _LAST]):
+            q0 = e + _HEAD + N_COMMANDS + n_classes + n_banks
+            same = True
+            for q in range(nk):
+                if pool[q0 + q] != key[q]:
+                    same = False
+                    break
             if same:
-                k0 = meta[e, _KEY_AT]
-                for q in range(nk):
-                    if key_pool[k0 + q] != key[q]:
-                        same = False
-                        break
-            if same and (refresh_on == 0 or sc[1] - base > meta[e, _LAST]):
-                r0 = meta[e, _RAISE_AT]
-                for q in range(meta[e, _N_RAISE]):
-                    v = raise_val[r0 + q] + base
-                    i = raise_idx[r0 + q]
+                p = q0 + nk
+                for q in range(pool[e + _N_RAISE]):
+                    i = pool[p]
+                    v = pool[p + 1] + base
                     if v > flat[i]:
                         flat[i] = v
-                ev = meta[e, _EV_AT]
+                    p += 2
                 for w in range(n_win):
                     kw = p_wfrom[pc * n_win + w]
                     if kw > 0:
@@ -355,21 +350,24 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
                         m = kw if kw < size else size
                         head = (whead[w] + kw) % size
                         for j in range(m):
-                            ring[w, (head - m + j) % size] = ev_pool[ev] + base
-                            ev += 1
+                            ring[w, (head - m + j) % size] = pool[p] + base
+                            p += 1
                         whead[w] = head
                         wcount[w] += kw
+                p = e + _HEAD
+                for k in range(N_COMMANDS):
+                    counts[k] += pool[p + k]
+                p += N_COMMANDS
+                for k in range(n_classes):
+                    classes[k] += pool[p + k]
+                p += n_classes
                 for b in range(n_banks):
-                    v = end_open[e, b]
+                    v = pool[p + b]
                     if v != -2:
                         open_row[b] = v
-                sc[0] = base + meta[e, _LAST]
-                for k in range(counts.shape[0]):
-                    counts[k] += s_counts[e, k]
-                for k in range(n_classes):
-                    classes[k] += s_classes[e, k]
-                read_end = meta[e, _READ_END]
-                return OK, 0, base + meta[e, _FIRST], (read_end + base if read_end >= 0 else -1), True
+                sc[0] = base + pool[e + _LAST]
+                read_end = pool[e + _READ_END]
+                return OK, 0, base + pool[e + _FIRST], (read_end + base if read_end >= 0 else -1), True
     n = p_len[pc]
     o = p_off[pc]
     cap = 64 + n // 8
@@ -422,55 +420,57 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
         for w in range(n_win):
             kw = p_wfrom[pc * n_win + w]
             n_ev += kw if kw < win_size[w] else win_size[w]
-        if (used[0] >= meta.shape[0] or used[1] + nk > key_pool.shape[0]
-                or used[2] + n_raise > raise_idx.shape[0] or used[3] + n_ev > ev_pool.shape[0]):
+        size = _HEAD + N_COMMANDS + n_classes + n_banks + nk + 2 * n_raise + n_ev
+        if used[0] >= capacity or used[1] + size > pool.shape[0]:
             index[:, 1] = -1
             used[:] = 0
-        e = used[0]
-        used[0] = e + 1
-        meta[e, _KEY_AT] = used[1]
-        meta[e, _KEY_LEN] = nk
-        for q in range(nk):
-            key_pool[used[1] + q] = key[q]
-        used[1] += nk
-        meta[e, _RAISE_AT] = used[2]
-        m = used[2]
-        for i in range(nx.size):
-            if scratch[i] >= 0:
-                raise_idx[m] = i
-                raise_val[m] = scratch[i]
-                m += 1
-                scratch[i] = -1
-        meta[e, _N_RAISE] = m - used[2]
-        used[2] = m
-        meta[e, _EV_AT] = used[3]
-        for w in range(n_win):
-            kw = p_wfrom[pc * n_win + w]
-            if kw > 0:
-                size = win_size[w]
-                skip = kw - size if kw > size else 0
-                seen = 0
-                for q in range(o, o + n):
-                    if win_from[w, a_cmd[q]]:
-                        if seen >= skip:
-                            ev_pool[used[3]] = cyc[q - o] - base
-                            used[3] += 1
-                        seen += 1
+        e = used[1]
+        used[0] += 1
+        used[1] += size
+        pool[e + _LAST] = sc[0] - base
+        pool[e + _FIRST] = cyc[0] - base
+        pool[e + _READ_END] = read_end - base if read_end >= 0 else -1
+        pool[e + _KEY_LEN] = nk
+        pool[e + _N_RAISE] = n_raise
+        pool[e + _N_EV] = n_ev
+        p = e + _HEAD
+        for k in range(N_COMMANDS):
+            pool[p + k] = run_counts[k]
+        p += N_COMMANDS
+        for k in range(n_classes):
+            pool[p + k] = run_classes[k]
+        p += n_classes
         for b in range(n_banks):
-            end_open[e, b] = -2
+            pool[p + b] = -2
         for q in range(o, o + n):
             k = a_cmd[q]
             if k == ACT or k == PRE or k == REFPB:
                 b = a_bg[q] * bpg + a_ba[q]
-                end_open[e, b] = open_row[b]
+                pool[p + b] = open_row[b]
             elif k == ACT16 or k == PREA or k == REFAB:
                 for b in range(n_banks):
-                    end_open[e, b] = open_row[b]
-        meta[e, _LAST] = sc[0] - base
-        meta[e, _FIRST] = cyc[0] - base
-        meta[e, _READ_END] = read_end - base if read_end >= 0 else -1
-        s_counts[e, :] = run_counts
-        s_classes[e, :] = run_classes
+                    pool[p + b] = open_row[b]
+        p += n_banks
+        for q in range(nk):
+            pool[p + q] = key[q]
+        p += nk
+        for i in range(nx.size):
+            if scratch[i] >= 0:
+                pool[p] = i
+                pool[p + 1] = scratch[i]
+                p += 2
+                scratch[i] = -1
+        for w in range(n_win):
+            kw = p_wfrom[pc * n_win + w]
+            if kw > 0:
+                skip = kw - win_size[w] if kw > win_size[w] else 0
+                seen = 0
+                for q in range(o, o + n):
+                    if win_from[w, a_cmd[q]]:
+                        if seen >= skip:
+                            pool[p] = cyc[q - o] - base
+                            p += 1
+                        seen += 1
         _put(index, h, e)
     return OK, stall, first, read_end, False
 

@@ -19,7 +19,7 @@ from pimsim import stepkernel as sk
 from pimsim.config import load_preset
 from pimsim.engine.compile import compile_timing
 from pimsim.standard import CMD_ID
-from pimsim.system import SystemSimulator
+from pimsim.system import _CLASSES, SystemSimulator
 
 
 @dataclass(eq=False)
@@ -147,8 +147,7 @@ def test_cleared_arena_and_store_give_the_same_schedule():
     ref_stats = [ref.run_step(mapping.program(k)) for k in steps]
     out = SystemSimulator(spec)
     cs = out._compiled_state()
-    cs.store = sk.RunStore(cs.store.end_open.shape[1], cs.store.classes.shape[1],
-                           capacity=300, pool=1 << 14)
+    cs.store = sk.RunStore(spec.dram.banks, len(_CLASSES), capacity=300, pool=1 << 14)
     gens = [cs.arena.generation]
     out_stats = []
     for k in steps:
