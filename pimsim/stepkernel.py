@@ -262,9 +262,9 @@ def _ceil_div(a, b):
 
 
 @njit(cache=True, inline="always")
-def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, store, bufs,
+def _issue_piece(pc, not_before, eng, arena, ch, memo_on, refresh_on, store, bufs,
                  class_of, n_classes, tail_of, counts, classes):
-    """Issue piece ``pc`` on channel ``c``, its first command no earlier than
+    """Issue piece ``pc`` on a channel (state ``ch``), its first command no earlier than
     ``not_before``, or replay a stored identical run. Adds its command counts and channel
     cycles; returns (status, refresh stall, first issue cycle, last read's data end or -1,
     replayed).
@@ -281,18 +281,10 @@ def _issue_piece(c, pc, not_before, eng, arena, chans, memo_on, refresh_on, stor
      all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to, tmod_lookahead,
      refresh, interval) = eng
     a_cmd, a_bg, a_ba, a_row, _, p_off, p_len, p_memo, r_ptr, r_idx, p_wto, p_wfrom = arena
-    NX, RING, WCOUNT, WHEAD, OPEN, REOPEN, SC = chans
+    nx, flat, ring, wcount, whead, open_row, reopen, sc = ch
     index, pool, used, capacity, runs, scratch = store
     n_win = win_size.shape[0]
     release, cyc, key = bufs
-    nx = NX[c]
-    ring = RING[c]
-    wcount = WCOUNT[c]
-    whead = WHEAD[c]
-    open_row = OPEN[c]
-    reopen = REOPEN[c]
-    sc = SC[c]
-    flat = nx.reshape(-1)
     # no command can issue before base: nx[0] holds limits that bind every command
     base = not_before
     if sc[0] + 1 > base:
@@ -543,15 +535,19 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
     last issue until the last read's data is back, at least 1; first issue cycle)."""
     a_cmd = arena[0]
     p_ptr, p_off, p_len = arena[4], arena[5], arena[6]
+    nx = chans[0][c]
     sc = chans[6][c]
+    # the channel's state, viewed once per kernel
+    ch = (nx, nx.reshape(-1), chans[1][c], chans[2][c], chans[3][c], chans[4][c], chans[5][c],
+          sc)
     stall = 0
     first = -1
     read_end = -1
     for pc in range(p_ptr[sid], p_ptr[sid + 1]):
         last_before = sc[0]
-        status, st, f, re, hit = _issue_piece(c, pc, not_before if first < 0 else 0, eng,
-                                              arena, chans, memo_on, refresh_on, store, bufs,
-                                              class_of, n_classes, tail_of, counts, classes)
+        status, st, f, re, hit = _issue_piece(pc, not_before if first < 0 else 0, eng, arena,
+                                              ch, memo_on, refresh_on, store, bufs, class_of,
+                                              n_classes, tail_of, counts, classes)
         if status != OK:
             return status, 0, 0, 0
         if first < 0:
