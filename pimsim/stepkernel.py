@@ -135,6 +135,7 @@ class Arena:
         self.read_idx = _Vec()
         self.win_to = _Vec()        # per piece and window: does a command wait on it
         self.win_from = _Vec()      # per piece and window: commands entering it
+        self.whole = _Vec()         # per stream: its first piece is the whole stream
         self.keep: list = []        # the cmd arrays, kept alive while their sid stands
         self.sid: dict[int, int] = {}
         self.max_len = 1
@@ -166,7 +167,11 @@ class Arena:
                 k += CHUNK
         cuts.append(n)
         bg, ba = np.asarray(stream.bg, dtype=np.int64), np.asarray(stream.ba, dtype=np.int64)
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
+        # a stream in several pieces has a whole-stream piece first (its runs are stored
+        # too, so a kernel that replays whole is one replay, not one per piece)
+        self.whole.extend([len(cuts) > 2])
+        spans = ([(0, n)] if len(cuts) > 2 else []) + list(zip(cuts[:-1], cuts[1:]))
+        for lo, hi in spans:
             read, wto, wfrom = _piece_reads(cmd[lo:hi], bg[lo:hi], ba[lo:hi], self.addr_all,
                                             self.n_bg, self.bpg, self.w_to, self.w_from)
             memo = len(read) <= KEY_MAX
@@ -178,7 +183,7 @@ class Arena:
             self.piece_off.extend([u + lo])
             self.piece_len.extend([hi - lo])
             self.piece_memo.extend([memo])
-            self.max_len = max(self.max_len, hi - lo)
+        self.max_len = max(self.max_len, n)
         self.piece_ptr.extend([self.piece_off.n])
         s = len(self.keep)
         self.keep.append(cmd)
@@ -192,7 +197,8 @@ class Arena:
     def tables(self):
         return (self.cmd.a, self.bg.a, self.ba.a, self.row.a, self.piece_ptr.view,
                 self.piece_off.view, self.piece_len.view, self.piece_memo.view,
-                self.read_ptr.view, self.read_idx.view, self.win_to.view, self.win_from.view)
+                self.read_ptr.view, self.read_idx.view, self.win_to.view, self.win_from.view,
+                self.whole.view)
 
 
 @njit(cache=True)
@@ -262,30 +268,9 @@ def _ceil_div(a, b):
 
 
 @njit(cache=True, inline="always")
-def _issue_piece(pc, not_before, eng, arena, ch, memo_on, refresh_on, store, bufs,
-                 class_of, n_classes, tail_of, counts, classes):
-    """Issue piece ``pc`` on a channel (state ``ch``), its first command no earlier than
-    ``not_before``, or replay a stored identical run. Adds its command counts and channel
-    cycles; returns (status, refresh stall, first issue cycle, last read's data end or -1,
-    replayed).
-
-    A run depends on the channel only through the timing entries its commands read and
-    the activate windows they wait on, relative to ``base`` (the first cycle any command
-    could issue: limits at or before it bind nothing), and, through refresh, on whether a
-    refresh falls due or a row waits to be re-opened. A run that met neither is stored
-    with what it raised (the engine only ever raises limits, to issue cycle + latency),
-    the window events it added and the rows it left open; it replays when the same piece
-    finds the same relative entries and windows, nothing waiting to re-open, and the next
-    refresh due after its last command."""
-    (n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat, all_ptr,
-     all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to, tmod_lookahead,
-     refresh, interval) = eng
-    a_cmd, a_bg, a_ba, a_row, _, p_off, p_len, p_memo, r_ptr, r_idx, p_wto, p_wfrom = arena
-    nx, flat, ring, wcount, whead, open_row, reopen, sc = ch
-    index, pool, used, capacity, runs, scratch = store
-    n_win = win_size.shape[0]
-    release, cyc, key = bufs
-    # no command can issue before base: nx[0] holds limits that bind every command
+def _base(nx, sc, not_before):
+    """The first cycle any command could issue: no earlier than the release, the cycle
+    after the last issue, and the limits in nx[0] (they bind every command)."""
     base = not_before
     if sc[0] + 1 > base:
         base = sc[0] + 1
@@ -295,73 +280,190 @@ def _issue_piece(pc, not_before, eng, arena, ch, memo_on, refresh_on, store, buf
             m0 = nx[0, k]
     if m0 > base:
         base = m0
+    return base
+
+
+@njit(cache=True, inline="always")
+def _lookup(pc, base, eng, arena, ch, refresh_on, store, key, n_classes, counts, classes):
+    """Key piece ``pc`` at ``base`` into ``key`` and replay its stored run if there is one.
+    Returns (replayed, key hash, key length, first issue cycle, last read's data end).
+
+    A run depends on the channel only through the timing entries its commands read and
+    the activate windows they wait on, relative to ``base`` (limits at or before it bind
+    nothing), and, through refresh, on whether a refresh falls due or a row waits to be
+    re-opened. A run that met neither is stored with what it raised (the engine only ever
+    raises limits, to issue cycle + latency), the window events it added and the rows it
+    left open; it replays when the same piece finds the same relative entries and windows,
+    nothing waiting to re-open (the caller checks), and the next refresh due after its
+    last command."""
+    n_banks, win_lat, win_size = eng[2], eng[14], eng[15]
+    r_ptr, r_idx, p_wto, p_wfrom = arena[8], arena[9], arena[10], arena[11]
+    nx, flat, ring, wcount, whead, open_row, reopen, sc = ch
+    index, pool = store[0], store[1]
+    n_win = win_size.shape[0]
+    key[0] = pc
+    nk = 1
+    r0 = r_ptr[pc]
+    for q in range(r_ptr[pc + 1] - r0):
+        v = flat[r_idx[r0 + q]] - base
+        key[nk] = v if v > 0 else 0
+        nk += 1
+    for w in range(n_win):
+        if p_wto[pc * n_win + w] != 0:
+            size = win_size[w]
+            key[nk] = wcount[w] if wcount[w] < size else size
+            nk += 1
+            for j in range(size):
+                v = ring[w, (whead[w] + j) % size] + win_lat[w] - base
+                key[nk] = v if v > 0 else 0
+                nk += 1
+    h = np.int64(-3750763034362895579)
+    for q in range(nk):
+        h = (h ^ key[q]) * np.int64(_HASH_MUL)
+    e = _find(index, h)
+    if e < 0 or pool[e + _KEY_LEN] != nk or (refresh_on != 0
+                                             and sc[1] - base <= pool[e + _LAST]):
+        return False, h, nk, 0, -1
+    q0 = e + _HEAD + N_COMMANDS + n_classes + n_banks
+    for q in range(nk):
+        if pool[q0 + q] != key[q]:
+            return False, h, nk, 0, -1
+    p = q0 + nk
+    for q in range(pool[e + _N_RAISE]):
+        i = pool[p]
+        v = pool[p + 1] + base
+        if v > flat[i]:
+            flat[i] = v
+        p += 2
+    for w in range(n_win):
+        kw = p_wfrom[pc * n_win + w]
+        if kw > 0:
+            size = win_size[w]
+            m = kw if kw < size else size
+            head = (whead[w] + kw) % size
+            for j in range(m):
+                ring[w, (head - m + j) % size] = pool[p] + base
+                p += 1
+            whead[w] = head
+            wcount[w] += kw
+    p = e + _HEAD
+    for k in range(N_COMMANDS):
+        counts[k] += pool[p + k]
+    p += N_COMMANDS
+    for k in range(n_classes):
+        classes[k] += pool[p + k]
+    p += n_classes
+    for b in range(n_banks):
+        v = pool[p + b]
+        if v != -2:
+            open_row[b] = v
+    sc[0] = base + pool[e + _LAST]
+    read_end = pool[e + _READ_END]
+    return True, h, nk, base + pool[e + _FIRST], (read_end + base if read_end >= 0 else -1)
+
+
+@njit(cache=True)
+def _store(pc, key, nk, h, base, cyc, read_end, run_counts, run_classes, eng, arena, ch,
+           store, n_classes):
+    """Store the run of piece ``pc`` (issued at ``cyc``, no command inserted, no refresh
+    due) under its key."""
+    (n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat, all_ptr,
+     all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to, tmod_lookahead,
+     refresh, interval) = eng
+    a_cmd, a_bg, a_ba, p_off, p_len, p_wfrom = arena[0], arena[1], arena[2], arena[5], arena[6], arena[11]
+    nx, flat, ring, wcount, whead, open_row, reopen, sc = ch
+    index, pool, used, capacity, runs, scratch = store
+    n_win = win_size.shape[0]
+    o = p_off[pc]
+    n = p_len[pc]
+    n_raise = _raises(a_cmd[o:o + n], a_bg[o:o + n], a_ba[o:o + n], cyc, base, n_bg, bpg,
+                      addr_all, upd_ptr, upd_to, upd_lat, all_ptr, all_to, all_lat, scratch)
+    n_ev = 0
+    for w in range(n_win):
+        kw = p_wfrom[pc * n_win + w]
+        n_ev += kw if kw < win_size[w] else win_size[w]
+    size = _HEAD + N_COMMANDS + n_classes + n_banks + nk + 2 * n_raise + n_ev
+    if used[0] >= capacity or used[1] + size > pool.shape[0]:
+        index[:, 1] = -1
+        used[:] = 0
+    e = used[1]
+    used[0] += 1
+    used[1] += size
+    pool[e + _LAST] = sc[0] - base
+    pool[e + _FIRST] = cyc[0] - base
+    pool[e + _READ_END] = read_end - base if read_end >= 0 else -1
+    pool[e + _KEY_LEN] = nk
+    pool[e + _N_RAISE] = n_raise
+    pool[e + _N_EV] = n_ev
+    p = e + _HEAD
+    for k in range(N_COMMANDS):
+        pool[p + k] = run_counts[k]
+    p += N_COMMANDS
+    for k in range(n_classes):
+        pool[p + k] = run_classes[k]
+    p += n_classes
+    for b in range(n_banks):
+        pool[p + b] = -2
+    for q in range(o, o + n):
+        k = a_cmd[q]
+        if k == ACT or k == PRE or k == REFPB:
+            b = a_bg[q] * bpg + a_ba[q]
+            pool[p + b] = open_row[b]
+        elif k == ACT16 or k == PREA or k == REFAB:
+            for b in range(n_banks):
+                pool[p + b] = open_row[b]
+    p += n_banks
+    for q in range(nk):
+        pool[p + q] = key[q]
+    p += nk
+    for i in range(nx.size):
+        if scratch[i] >= 0:
+            pool[p] = i
+            pool[p + 1] = scratch[i]
+            p += 2
+            scratch[i] = -1
+    for w in range(n_win):
+        kw = p_wfrom[pc * n_win + w]
+        if kw > 0:
+            skip = kw - win_size[w] if kw > win_size[w] else 0
+            seen = 0
+            for q in range(o, o + n):
+                if win_from[w, a_cmd[q]]:
+                    if seen >= skip:
+                        pool[p] = cyc[q - o] - base
+                        p += 1
+                    seen += 1
+    _put(index, h, e)
+
+
+@njit(cache=True, inline="always")
+def _issue_piece(pc, not_before, cyc_off, eng, arena, ch, memo_on, refresh_on, store, bufs,
+                 class_of, n_classes, tail_of, counts, classes):
+    """Issue piece ``pc`` on a channel (state ``ch``), its first command no earlier than
+    ``not_before``, its cycles written at ``cyc_off`` of the cycle buffer, or replay a
+    stored identical run (:func:`_lookup`). Adds its command counts and channel cycles;
+    returns (status, refresh stall, first issue cycle, last read's data end or -1,
+    replayed, commands inserted)."""
+    (n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat, all_ptr,
+     all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to, tmod_lookahead,
+     refresh, interval) = eng
+    a_cmd, a_bg, a_ba, a_row, p_off, p_len, p_memo = (arena[0], arena[1], arena[2], arena[3],
+                                                      arena[5], arena[6], arena[7])
+    nx, flat, ring, wcount, whead, open_row, reopen, sc = ch
+    runs = store[4]
+    release, cycbuf, key = bufs[0], bufs[1], bufs[2]
+    base = _base(nx, sc, not_before)
     keyed = memo_on and p_memo[pc] != 0 and sc[3] == 0
     h = 0
     nk = 0
     if keyed:
-        key[0] = pc
-        nk = 1
-        r0 = r_ptr[pc]
-        for q in range(r_ptr[pc + 1] - r0):
-            v = flat[r_idx[r0 + q]] - base
-            key[nk] = v if v > 0 else 0
-            nk += 1
-        for w in range(n_win):
-            if p_wto[pc * n_win + w] != 0:
-                size = win_size[w]
-                key[nk] = wcount[w] if wcount[w] < size else size
-                nk += 1
-                for j in range(size):
-                    v = ring[w, (whead[w] + j) % size] + win_lat[w] - base
-                    key[nk] = v if v > 0 else 0
-                    nk += 1
-        h = np.int64(-3750763034362895579)
-        for q in range(nk):
-            h = (h ^ key[q]) * np.int64(_HASH_MUL)
-        e = _find(index, h)
-        if e >= 0 and pool[e + _KEY_LEN] == nk and (refresh_on == 0
-                                                    or sc[1] - base > pool[e + _LAST]):
-            q0 = e + _HEAD + N_COMMANDS + n_classes + n_banks
-            same = True
-            for q in range(nk):
-                if pool[q0 + q] != key[q]:
-                    same = False
-                    break
-            if same:
-                p = q0 + nk
-                for q in range(pool[e + _N_RAISE]):
-                    i = pool[p]
-                    v = pool[p + 1] + base
-                    if v > flat[i]:
-                        flat[i] = v
-                    p += 2
-                for w in range(n_win):
-                    kw = p_wfrom[pc * n_win + w]
-                    if kw > 0:
-                        size = win_size[w]
-                        m = kw if kw < size else size
-                        head = (whead[w] + kw) % size
-                        for j in range(m):
-                            ring[w, (head - m + j) % size] = pool[p] + base
-                            p += 1
-                        whead[w] = head
-                        wcount[w] += kw
-                p = e + _HEAD
-                for k in range(N_COMMANDS):
-                    counts[k] += pool[p + k]
-                p += N_COMMANDS
-                for k in range(n_classes):
-                    classes[k] += pool[p + k]
-                p += n_classes
-                for b in range(n_banks):
-                    v = pool[p + b]
-                    if v != -2:
-                        open_row[b] = v
-                sc[0] = base + pool[e + _LAST]
-                read_end = pool[e + _READ_END]
-                return OK, 0, base + pool[e + _FIRST], (read_end + base if read_end >= 0 else -1), True
+        hit, h, nk, f, re = _lookup(pc, base, eng, arena, ch, refresh_on, store, key,
+                                    n_classes, counts, classes)
+        if hit:
+            return OK, 0, f, re, True, 0
     n = p_len[pc]
     o = p_off[pc]
+    cyc = cycbuf[cyc_off:cyc_off + n]
     cap = 64 + n // 8
     snap = (nx.copy(), ring.copy(), wcount.copy(), whead.copy(), open_row.copy(),
             reopen.copy(), sc.copy())
@@ -379,7 +481,7 @@ def _issue_piece(pc, not_before, eng, arena, ch, memo_on, refresh_on, store, buf
             all_ptr, all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to,
             tmod_lookahead, a_cmd[o:o + n], a_bg[o:o + n], a_ba[o:o + n], a_row[o:o + n],
             release[:n], refresh, interval, nx, ring, wcount, whead, open_row, reopen, sc,
-            cyc[:n], ins_pos, ins_cmd, ins_bg, ins_ba, ins_row, ins_cycle, run_counts)
+            cyc, ins_pos, ins_cmd, ins_bg, ins_ba, ins_row, ins_cycle, run_counts)
         if status == -1:
             nx[:] = snap[0]
             ring[:] = snap[1]
@@ -393,8 +495,8 @@ def _issue_piece(pc, not_before, eng, arena, ch, memo_on, refresh_on, store, buf
         break
     release[0] = 0
     if status != 0:
-        return ERR_CHANNEL, 0, 0, -1, False
-    run_classes, _, read_end = account_run(cyc[:n], a_cmd[o:o + n], ins_cycle[:n_ins],
+        return ERR_CHANNEL, 0, 0, -1, False, 0
+    run_classes, _, read_end = account_run(cyc, a_cmd[o:o + n], ins_cycle[:n_ins],
                                            ins_cmd[:n_ins], class_of, n_classes, tail_of)
     for k in range(counts.shape[0]):
         counts[k] += run_counts[k]
@@ -405,66 +507,9 @@ def _issue_piece(pc, not_before, eng, arena, ch, memo_on, refresh_on, store, buf
         first = ins_cycle[0]
     runs[pc] += 1
     if keyed and runs[pc] > STORE_FROM and n_ins == 0 and (refresh_on == 0 or sc[1] > sc[0]):
-        n_raise = _raises(a_cmd[o:o + n], a_bg[o:o + n], a_ba[o:o + n], cyc[:n], base, n_bg,
-                          bpg, addr_all, upd_ptr, upd_to, upd_lat, all_ptr, all_to, all_lat,
-                          scratch)
-        n_ev = 0
-        for w in range(n_win):
-            kw = p_wfrom[pc * n_win + w]
-            n_ev += kw if kw < win_size[w] else win_size[w]
-        size = _HEAD + N_COMMANDS + n_classes + n_banks + nk + 2 * n_raise + n_ev
-        if used[0] >= capacity or used[1] + size > pool.shape[0]:
-            index[:, 1] = -1
-            used[:] = 0
-        e = used[1]
-        used[0] += 1
-        used[1] += size
-        pool[e + _LAST] = sc[0] - base
-        pool[e + _FIRST] = cyc[0] - base
-        pool[e + _READ_END] = read_end - base if read_end >= 0 else -1
-        pool[e + _KEY_LEN] = nk
-        pool[e + _N_RAISE] = n_raise
-        pool[e + _N_EV] = n_ev
-        p = e + _HEAD
-        for k in range(N_COMMANDS):
-            pool[p + k] = run_counts[k]
-        p += N_COMMANDS
-        for k in range(n_classes):
-            pool[p + k] = run_classes[k]
-        p += n_classes
-        for b in range(n_banks):
-            pool[p + b] = -2
-        for q in range(o, o + n):
-            k = a_cmd[q]
-            if k == ACT or k == PRE or k == REFPB:
-                b = a_bg[q] * bpg + a_ba[q]
-                pool[p + b] = open_row[b]
-            elif k == ACT16 or k == PREA or k == REFAB:
-                for b in range(n_banks):
-                    pool[p + b] = open_row[b]
-        p += n_banks
-        for q in range(nk):
-            pool[p + q] = key[q]
-        p += nk
-        for i in range(nx.size):
-            if scratch[i] >= 0:
-                pool[p] = i
-                pool[p + 1] = scratch[i]
-                p += 2
-                scratch[i] = -1
-        for w in range(n_win):
-            kw = p_wfrom[pc * n_win + w]
-            if kw > 0:
-                skip = kw - win_size[w] if kw > win_size[w] else 0
-                seen = 0
-                for q in range(o, o + n):
-                    if win_from[w, a_cmd[q]]:
-                        if seen >= skip:
-                            pool[p] = cyc[q - o] - base
-                            p += 1
-                        seen += 1
-        _put(index, h, e)
-    return OK, stall, first, read_end, False
+        _store(pc, key, nk, h, base, cyc, read_end, run_counts, run_classes, eng, arena, ch,
+               store, n_classes)
+    return OK, stall, first, read_end, False, n_ins
 
 
 @njit(cache=True, inline="always")
@@ -531,23 +576,53 @@ def _raise(out, i, v):
 def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bufs,
            class_of, n_classes, tail_of, counts, classes, misc):
     """Issue stream ``sid`` on channel ``c``, its first command no earlier than
-    ``not_before``, piece by piece. Returns (status, refresh stall, tail: cycles from the
+    ``not_before``: a stored run of the whole stream if it has several pieces and one
+    applies, else piece by piece. Returns (status, refresh stall, tail: cycles from the
     last issue until the last read's data is back, at least 1; first issue cycle)."""
     a_cmd = arena[0]
-    p_ptr, p_off, p_len = arena[4], arena[5], arena[6]
+    p_ptr, p_off, p_len, p_memo, p_whole = arena[4], arena[5], arena[6], arena[7], arena[12]
+    runs = store[4]
     nx = chans[0][c]
     sc = chans[6][c]
     # the channel's state, viewed once per kernel
     ch = (nx, nx.reshape(-1), chans[1][c], chans[2][c], chans[3][c], chans[4][c], chans[5][c],
           sc)
+    p0 = p_ptr[sid]
+    p1 = p_ptr[sid + 1]
+    whole = p_whole[sid] != 0
+    keyed = False
+    hw = 0
+    nkw = 0
+    base = 0
+    key2 = bufs[3]
+    counts0 = counts
+    classes0 = classes
+    if whole:
+        pw = p0
+        p0 += 1
+        keyed = memo_on and p_memo[pw] != 0 and sc[3] == 0
+        if keyed:
+            base = _base(nx, sc, not_before)
+            hit, hw, nkw, f, re = _lookup(pw, base, eng, arena, ch, refresh_on, store, key2,
+                                          n_classes, counts, classes)
+            if hit:
+                misc[M_HITS] += 1
+                tail = 1
+                if re - sc[0] > tail:
+                    tail = re - sc[0]
+                return OK, 0, tail, f
+            counts0 = counts.copy()
+            classes0 = classes.copy()
     stall = 0
     first = -1
     read_end = -1
-    for pc in range(p_ptr[sid], p_ptr[sid + 1]):
+    issued_all = True
+    start = p_off[p0]
+    for pc in range(p0, p1):
         last_before = sc[0]
-        status, st, f, re, hit = _issue_piece(pc, not_before if first < 0 else 0, eng, arena,
-                                              ch, memo_on, refresh_on, store, bufs, class_of,
-                                              n_classes, tail_of, counts, classes)
+        status, st, f, re, hit, n_ins = _issue_piece(
+            pc, not_before if first < 0 else 0, p_off[pc] - start, eng, arena, ch, memo_on,
+            refresh_on, store, bufs, class_of, n_classes, tail_of, counts, classes)
         if status != OK:
             return status, 0, 0, 0
         if first < 0:
@@ -557,12 +632,21 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
             classes[class_of[a_cmd[p_off[pc] - 1]]] += f - last_before - 1
         if hit:
             misc[M_HITS] += 1
+            issued_all = False
         else:
             misc[M_ISSUED] += 1
             misc[M_ISSUED_CMDS] += p_len[pc]
+            if n_ins > 0:
+                issued_all = False
         stall += st
         if re > read_end:
             read_end = re
+    if keyed:
+        runs[pw] += 1
+        if runs[pw] > STORE_FROM and issued_all and (refresh_on == 0 or sc[1] > sc[0]):
+            # every piece issued here, nothing inserted: the whole run is stored too
+            _store(pw, key2, nkw, hw, base, bufs[1][:p_len[pw]], read_end, counts - counts0,
+                   classes - classes0, eng, arena, ch, store, n_classes)
     tail = 1
     if read_end - sc[0] > tail:
         tail = read_end - sc[0]

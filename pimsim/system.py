@@ -762,8 +762,10 @@ class _Compiled:
     def ensure_buffers(self, max_len: int) -> None:
         if self.bufs is None or self.bufs[0].shape[0] < max_len:
             n = max(max_len, 1 << 12)
+            k = 1 + sk.KEY_MAX + self.key_windows
+            # release times, issue cycles (a whole stream), a piece's key, a stream's key
             self.bufs = (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
-                         np.zeros(1 + sk.KEY_MAX + self.key_windows, dtype=np.int64))
+                         np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64))
 
     def load(self, channels: list) -> tuple:
         for c, st in enumerate(channels):

@@ -112,6 +112,8 @@ def test_prepare_reports_a_cycle():
 
 
 def test_streams_are_cut_into_pieces_that_never_end_with_tmod():
+    """A long stream: the whole stream, then pieces of at least CHUNK commands that never
+    end with a TMOD and together are the stream; a short one is one piece."""
     spec = load_preset("pim-gpt").dram
     ct = compile_timing(spec)
     arena = sk.Arena(ct.win_to, ct.win_from, CMD_ID["TMOD"], ct.addr_all, ct.n_bankgroups,
@@ -125,8 +127,12 @@ def test_streams_are_cut_into_pieces_that_never_end_with_tmod():
     sid = arena.sid_of(stream)
     assert arena.sid_of(stream) == sid                    # registered once
     tabs = arena.tables()
-    p_ptr, p_off, p_len = tabs[4], tabs[5], tabs[6]
-    pieces = range(p_ptr[sid], p_ptr[sid + 1])
+    p_ptr, p_off, p_len, whole = tabs[4], tabs[5], tabs[6], tabs[12]
+    # first the whole stream (its runs are stored too), then the pieces
+    assert whole[sid] == 1
+    w = p_ptr[sid]
+    assert np.array_equal(tabs[0][p_off[w]:p_off[w] + p_len[w]], stream.cmd)
+    pieces = range(p_ptr[sid] + 1, p_ptr[sid + 1])
     assert len(pieces) > 3
     back = np.concatenate([tabs[0][p_off[p]:p_off[p] + p_len[p]] for p in pieces])
     assert np.array_equal(back, stream.cmd)
@@ -134,6 +140,11 @@ def test_streams_are_cut_into_pieces_that_never_end_with_tmod():
         assert p_len[p] >= sk.CHUNK
         if p != pieces[-1]:
             assert tabs[0][p_off[p] + p_len[p] - 1] != CMD_ID["TMOD"]
+    short = SimpleNamespace(cmd=stream.cmd[:sk.CHUNK], bg=zero[:sk.CHUNK], ba=zero[:sk.CHUNK],
+                            row=zero[:sk.CHUNK])
+    s2 = arena.sid_of(short)
+    tabs = arena.tables()
+    assert tabs[12][s2] == 0 and tabs[4][s2 + 1] - tabs[4][s2] == 1
 
 
 def test_cleared_arena_and_store_give_the_same_schedule():
