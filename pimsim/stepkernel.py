@@ -3,12 +3,13 @@
 kernel runs, as one numba function over arrays.
 
 It computes the schedule of ``SystemSimulator(scheduler="listed")`` exactly (tests require
-identical step statistics and timelines): the same events in the same order, the same
-grant rule (least operator index, ready time, program position at the end of an instant),
-the same channel kernel (:func:`pimsim.engine.kernel.run_channel`) and the same replay
-rule for stored runs. Only the bookkeeping differs: command streams live in one arena
-(``Arena``), stored runs in fixed tables keyed by a hash of the stream and the relative
-channel state, verified value by value before a replay.
+identical step statistics, timelines and channel states): the same events in the same
+order, the same grant rule (least operator index, ready time, program position at the
+end of an instant) and the same channel kernel (:func:`pimsim.engine.kernel.run_channel`).
+Only the bookkeeping differs: command streams live in one arena (``Arena``), cut into
+pieces when long; runs of pieces and of whole streams are stored (``RunStore``) under the
+timing entries they read, relative to their first possible cycle, and replayed only
+after a value-by-value comparison of the key (:func:`_lookup`).
 """
 
 from __future__ import annotations
