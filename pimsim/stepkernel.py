@@ -41,6 +41,10 @@ STORE_FROM = 1
 #: commands (issuing a stream in pieces gives the cycles of issuing it at once, as long
 #: as no piece ends with a TMOD), so the refresh-free pieces of a long kernel replay
 CHUNK = 512
+#: a piece longer than 2 x SUB is also cut into sub-pieces of about SUB commands (the same
+#: rule); they are issued one by one when the piece's own run cannot replay (a refresh
+#: falls due in it), so that only the sub-pieces around the refresh are issued
+SUB = 64
 _HASH_MUL = 1099511628211
 
 
@@ -137,6 +141,9 @@ class Arena:
         self.win_to = _Vec()        # per piece and window: does a command wait on it
         self.win_from = _Vec()      # per piece and window: commands entering it
         self.whole = _Vec()         # per stream: its first piece is the whole stream
+        self.top_end = _Vec()       # per stream: end of its pieces (sub-pieces follow)
+        self.sub_lo = _Vec()        # per piece: its first sub-piece, and how many
+        self.sub_n = _Vec()
         self.keep: list = []        # the cmd arrays, kept alive while their sid stands
         self.sid: dict[int, int] = {}
         self.max_len = 1
@@ -158,21 +165,29 @@ class Arena:
         self.bg.extend(stream.bg)
         self.ba.extend(stream.ba)
         self.row.extend(stream.row)
-        cuts = [0]
-        if n > 2 * CHUNK:
-            k = CHUNK
-            while n - k > CHUNK:
-                while k < n and cmd[k - 1] == self.tmod:
-                    k += 1
-                cuts.append(k)
-                k += CHUNK
-        cuts.append(n)
+        cuts = self._cuts(cmd, 0, n, CHUNK)
         bg, ba = np.asarray(stream.bg, dtype=np.int64), np.asarray(stream.ba, dtype=np.int64)
         # a stream in several pieces has a whole-stream piece first (its runs are stored
-        # too, so a kernel that replays whole is one replay, not one per piece)
-        self.whole.extend([len(cuts) > 2])
-        spans = ([(0, n)] if len(cuts) > 2 else []) + list(zip(cuts[:-1], cuts[1:]))
-        for lo, hi in spans:
+        # too, so a kernel that replays whole is one replay, not one per piece), and its
+        # pieces have sub-pieces, after all the pieces
+        multi = len(cuts) > 2
+        self.whole.extend([multi])
+        spans = ([(0, n)] if multi else []) + list(zip(cuts[:-1], cuts[1:]))
+        first = self.piece_off.n
+        self.top_end.extend([first + len(spans)])
+        subs = []
+        for j, (lo, hi) in enumerate(spans):
+            sc = self._cuts(cmd, lo, hi, SUB) if multi and j > 0 else [lo, hi]
+            if len(sc) > 2:
+                self.sub_lo.extend([first + len(spans) + len(subs)])
+                self.sub_n.extend([len(sc) - 1])
+                subs += zip(sc[:-1], sc[1:])
+            else:
+                self.sub_lo.extend([0])
+                self.sub_n.extend([0])
+        self.sub_lo.extend(np.zeros(len(subs), dtype=np.int64))
+        self.sub_n.extend(np.zeros(len(subs), dtype=np.int64))
+        for lo, hi in spans + subs:
             read, wto, wfrom = _piece_reads(cmd[lo:hi], bg[lo:hi], ba[lo:hi], self.addr_all,
                                             self.n_bg, self.bpg, self.w_to, self.w_from)
             memo = len(read) <= KEY_MAX
@@ -191,6 +206,22 @@ class Arena:
         self.sid[id(cmd)] = s
         return s
 
+    def _cuts(self, cmd, lo: int, hi: int, size: int) -> list[int]:
+        """Cut points of cmd[lo:hi] into parts of at least ``size`` commands (one part
+        unless longer than 2 x size), none ending with a TMOD."""
+        cuts = [lo]
+        if hi - lo > 2 * size:
+            k = lo + size
+            while hi - k > size:
+                while k < hi and cmd[k - 1] == self.tmod:
+                    k += 1
+                if k >= hi:
+                    break
+                cuts.append(k)
+                k += size
+        cuts.append(hi)
+        return cuts
+
     @property
     def n_pieces(self) -> int:
         return self.piece_off.n
@@ -199,7 +230,7 @@ class Arena:
         return (self.cmd.a, self.bg.a, self.ba.a, self.row.a, self.piece_ptr.view,
                 self.piece_off.view, self.piece_len.view, self.piece_memo.view,
                 self.read_ptr.view, self.read_idx.view, self.win_to.view, self.win_from.view,
-                self.whole.view)
+                self.whole.view, self.top_end.view, self.sub_lo.view, self.sub_n.view)
 
 
 @njit(cache=True)
@@ -284,8 +315,8 @@ def _base(nx, sc, not_before):
     return base
 
 
-@njit(cache=True, inline="always")
-def _lookup(pc, base, eng, arena, ch, refresh_on, store, key, n_classes, counts, classes):
+@njit(cache=True, _nrt=False)
+def _lookup(pc, base, lk, chl, refresh_on, key, n_classes, counts, classes):
     """Key piece ``pc`` at ``base`` into ``key`` and replay its stored run if there is one.
     Returns (replayed, key hash, key length, first issue cycle, last read's data end).
 
@@ -296,11 +327,15 @@ def _lookup(pc, base, eng, arena, ch, refresh_on, store, key, n_classes, counts,
     raises limits, to issue cycle + latency), the window events it added and the rows it
     left open; it replays when the same piece finds the same relative entries and windows,
     nothing waiting to re-open (the caller checks), and the next refresh due after its
-    last command."""
-    n_banks, win_lat, win_size = eng[2], eng[14], eng[15]
-    r_ptr, r_idx, p_wto, p_wfrom = arena[8], arena[9], arena[10], arena[11]
-    nx, flat, ring, wcount, whead, open_row, reopen, sc = ch
-    index, pool = store[0], store[1]
+    last command.
+
+    ``lk``: the arena's read sets and window flags, the window latencies and sizes, the
+    store's index and pool; ``chl``: the channel state (flat timing table, windows, open
+    rows, scalars). Compiled without reference counting (it creates no arrays), so calling
+    it costs no atomic reference-count updates of the arrays it is given."""
+    r_ptr, r_idx, p_wto, p_wfrom, win_lat, win_size, index, pool = lk
+    flat, ring, wcount, whead, open_row, sc = chl
+    n_banks = open_row.shape[0]
     n_win = win_size.shape[0]
     key[0] = pc
     nk = 1
@@ -437,31 +472,37 @@ def _store(pc, key, nk, h, base, cyc, read_end, run_counts, run_classes, eng, ar
     _put(index, h, e)
 
 
-@njit(cache=True, inline="always")
-def _issue_piece(pc, not_before, cyc_off, eng, arena, ch, memo_on, refresh_on, store, bufs,
-                 class_of, n_classes, tail_of, counts, classes):
+@njit(cache=True, _nrt=False)
+def _try_piece(pc, not_before, memo_on, refresh_on, p_memo, lk, nx, chl, key, n_classes,
+               counts, classes):
+    """Replay piece ``pc``'s stored run if one applies (:func:`_lookup`). Returns (replayed,
+    keyed, base, key hash, key length, first issue cycle, last read's data end)."""
+    sc = chl[5]
+    base = _base(nx, sc, not_before)
+    keyed = memo_on and p_memo[pc] != 0 and sc[3] == 0
+    if not keyed:
+        return False, False, base, 0, 0, 0, -1
+    hit, h, nk, f, re = _lookup(pc, base, lk, chl, refresh_on, key, n_classes, counts,
+                                classes)
+    return hit, True, base, h, nk, f, re
+
+
+@njit(cache=True)
+def _run_piece(pc, not_before, cyc_off, keyed, base, h, nk, eng, arena, ch, refresh_on, store,
+               bufs, class_of, n_classes, tail_of, counts, classes):
     """Issue piece ``pc`` on a channel (state ``ch``), its first command no earlier than
-    ``not_before``, its cycles written at ``cyc_off`` of the cycle buffer, or replay a
-    stored identical run (:func:`_lookup`). Adds its command counts and channel cycles;
-    returns (status, refresh stall, first issue cycle, last read's data end or -1,
-    replayed, commands inserted)."""
+    ``not_before``, its cycles written at ``cyc_off`` of the cycle buffer; store the run
+    under its key (from :func:`_try_piece`) when it qualifies. Adds its command counts and
+    channel cycles; returns (status, refresh stall, first issue cycle, last read's data end
+    or -1, commands inserted)."""
     (n_bg, bpg, n_banks, addr_all, is_column, supported, upd_ptr, upd_to, upd_lat, all_ptr,
      all_to, all_lat, win_from, win_to, win_lat, win_size, has_win_to, tmod_lookahead,
      refresh, interval) = eng
-    a_cmd, a_bg, a_ba, a_row, p_off, p_len, p_memo = (arena[0], arena[1], arena[2], arena[3],
-                                                      arena[5], arena[6], arena[7])
+    a_cmd, a_bg, a_ba, a_row, p_off, p_len = (arena[0], arena[1], arena[2], arena[3],
+                                              arena[5], arena[6])
     nx, flat, ring, wcount, whead, open_row, reopen, sc = ch
     runs = store[4]
     release, cycbuf, key = bufs[0], bufs[1], bufs[2]
-    base = _base(nx, sc, not_before)
-    keyed = memo_on and p_memo[pc] != 0 and sc[3] == 0
-    h = 0
-    nk = 0
-    if keyed:
-        hit, h, nk, f, re = _lookup(pc, base, eng, arena, ch, refresh_on, store, key,
-                                    n_classes, counts, classes)
-        if hit:
-            return OK, 0, f, re, True, 0
     n = p_len[pc]
     o = p_off[pc]
     cyc = cycbuf[cyc_off:cyc_off + n]
@@ -496,7 +537,7 @@ def _issue_piece(pc, not_before, cyc_off, eng, arena, ch, memo_on, refresh_on, s
         break
     release[0] = 0
     if status != 0:
-        return ERR_CHANNEL, 0, 0, -1, False, 0
+        return ERR_CHANNEL, 0, 0, -1, 0
     run_classes, _, read_end = account_run(cyc, a_cmd[o:o + n], ins_cycle[:n_ins],
                                            ins_cmd[:n_ins], class_of, n_classes, tail_of)
     for k in range(counts.shape[0]):
@@ -510,7 +551,7 @@ def _issue_piece(pc, not_before, cyc_off, eng, arena, ch, memo_on, refresh_on, s
     if keyed and runs[pc] > STORE_FROM and n_ins == 0 and (refresh_on == 0 or sc[1] > sc[0]):
         _store(pc, key, nk, h, base, cyc, read_end, run_counts, run_classes, eng, arena, ch,
                store, n_classes)
-    return OK, stall, first, read_end, False, n_ins
+    return OK, stall, first, read_end, n_ins
 
 
 @njit(cache=True, inline="always")
@@ -573,6 +614,82 @@ def _raise(out, i, v):
     return new
 
 
+@njit(cache=True, inline="always")
+def _lookup_tables(eng, arena, store):
+    """The tables :func:`_lookup` reads."""
+    return (arena[8], arena[9], arena[10], arena[11], eng[14], eng[15], store[0], store[1])
+
+
+@njit(cache=True)
+def _issue_split(pc, not_before, start, eng, arena, ch, memo_on, refresh_on, store, bufs,
+                 class_of, n_classes, tail_of, counts, classes, misc):
+    """Piece ``pc`` of a stream starting at arena offset ``start``: its stored run if one
+    applies, else its sub-pieces one by one (each replayed or issued); its own run is then
+    stored when every sub-piece was issued and nothing inserted. Returns (status, refresh
+    stall, first issue cycle, last read's data end or -1, every command issued here with
+    nothing inserted, commands inserted)."""
+    a_cmd, p_off, p_len, p_memo = arena[0], arena[5], arena[6], arena[7]
+    sub_lo, sub_n = arena[14], arena[15]
+    nx, sc = ch[0], ch[7]
+    chl = (ch[1], ch[2], ch[3], ch[4], ch[5], sc)
+    lk = _lookup_tables(eng, arena, store)
+    runs = store[4]
+    key = bufs[4]
+    hit, keyed, base, h, nk, f, re = _try_piece(pc, not_before, memo_on, refresh_on, p_memo,
+                                                lk, nx, chl, key, n_classes, counts, classes)
+    if hit:
+        misc[M_HITS] += 1
+        return OK, 0, f, re, False, 0
+    n_c = counts.shape[0]
+    before = bufs[5]                    # counts and classes before, to store the run's own
+    if keyed:
+        before[:n_c] = counts
+        before[n_c:n_c + n_classes] = classes
+    stall = 0
+    first = -1
+    read_end = -1
+    issued = True
+    inserted = 0
+    for q in range(sub_lo[pc], sub_lo[pc] + sub_n[pc]):
+        last_before = sc[0]
+        nb = not_before if first < 0 else 0
+        hit, qkeyed, qbase, qh, qnk, f, re = _try_piece(q, nb, memo_on, refresh_on, p_memo, lk,
+                                                        nx, chl, bufs[2], n_classes, counts,
+                                                        classes)
+        if hit:
+            misc[M_HITS] += 1
+            issued = False
+            st = 0
+        else:
+            status, st, f, re, n_ins = _run_piece(q, nb, p_off[q] - start, qkeyed, qbase, qh,
+                                                  qnk, eng, arena, ch, refresh_on, store, bufs,
+                                                  class_of, n_classes, tail_of, counts, classes)
+            if status != OK:
+                return status, 0, 0, -1, False, 0
+            misc[M_ISSUED] += 1
+            misc[M_ISSUED_CMDS] += p_len[q]
+            inserted += n_ins
+        if first < 0:
+            first = f
+        else:
+            classes[class_of[a_cmd[p_off[q] - 1]]] += f - last_before - 1
+        stall += st
+        if re > read_end:
+            read_end = re
+    runs[pc] += 1
+    if inserted > 0:
+        issued = False
+    if keyed and runs[pc] > STORE_FROM and issued and (refresh_on == 0 or sc[1] > sc[0]):
+        for k in range(n_c):
+            before[k] = counts[k] - before[k]
+        for k in range(n_classes):
+            before[n_c + k] = classes[k] - before[n_c + k]
+        o = p_off[pc] - start
+        _store(pc, key, nk, h, base, bufs[1][o:o + p_len[pc]], read_end, before[:n_c],
+               before[n_c:n_c + n_classes], eng, arena, ch, store, n_classes)
+    return OK, stall, first, read_end, issued, inserted
+
+
 @njit(cache=True)
 def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bufs,
            class_of, n_classes, tail_of, counts, classes, misc):
@@ -582,38 +699,40 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
     last issue until the last read's data is back, at least 1; first issue cycle)."""
     a_cmd = arena[0]
     p_ptr, p_off, p_len, p_memo, p_whole = arena[4], arena[5], arena[6], arena[7], arena[12]
+    top_end, sub_n = arena[13], arena[15]
     runs = store[4]
     nx = chans[0][c]
     sc = chans[6][c]
     # the channel's state, viewed once per kernel
     ch = (nx, nx.reshape(-1), chans[1][c], chans[2][c], chans[3][c], chans[4][c], chans[5][c],
           sc)
+    chl = (ch[1], ch[2], ch[3], ch[4], ch[5], sc)
+    lk = _lookup_tables(eng, arena, store)
     p0 = p_ptr[sid]
-    p1 = p_ptr[sid + 1]
+    p1 = top_end[sid]
     whole = p_whole[sid] != 0
     keyed = False
     hw = 0
     nkw = 0
     base = 0
     key2 = bufs[3]
-    counts0 = counts
-    classes0 = classes
+    n_c = counts.shape[0]
+    before = bufs[6]                    # counts and classes before, to store the whole run
     if whole:
         pw = p0
         p0 += 1
-        keyed = memo_on and p_memo[pw] != 0 and sc[3] == 0
+        hit, keyed, base, hw, nkw, f, re = _try_piece(pw, not_before, memo_on, refresh_on,
+                                                      p_memo, lk, nx, chl, key2, n_classes,
+                                                      counts, classes)
+        if hit:
+            misc[M_HITS] += 1
+            tail = 1
+            if re - sc[0] > tail:
+                tail = re - sc[0]
+            return OK, 0, tail, f
         if keyed:
-            base = _base(nx, sc, not_before)
-            hit, hw, nkw, f, re = _lookup(pw, base, eng, arena, ch, refresh_on, store, key2,
-                                          n_classes, counts, classes)
-            if hit:
-                misc[M_HITS] += 1
-                tail = 1
-                if re - sc[0] > tail:
-                    tail = re - sc[0]
-                return OK, 0, tail, f
-            counts0 = counts.copy()
-            classes0 = classes.copy()
+            before[:n_c] = counts
+            before[n_c:n_c + n_classes] = classes
     stall = 0
     first = -1
     read_end = -1
@@ -621,24 +740,39 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
     start = p_off[p0]
     for pc in range(p0, p1):
         last_before = sc[0]
-        status, st, f, re, hit, n_ins = _issue_piece(
-            pc, not_before if first < 0 else 0, p_off[pc] - start, eng, arena, ch, memo_on,
-            refresh_on, store, bufs, class_of, n_classes, tail_of, counts, classes)
-        if status != OK:
-            return status, 0, 0, 0
+        nb = not_before if first < 0 else 0
+        if sub_n[pc] > 0:
+            status, st, f, re, issued, n_ins = _issue_split(
+                pc, nb, start, eng, arena, ch, memo_on, refresh_on, store, bufs, class_of,
+                n_classes, tail_of, counts, classes, misc)
+            if status != OK:
+                return status, 0, 0, 0
+            if not issued:
+                issued_all = False
+        else:
+            hit, pkeyed, pbase, ph, pnk, f, re = _try_piece(pc, nb, memo_on, refresh_on, p_memo,
+                                                            lk, nx, chl, bufs[2], n_classes,
+                                                            counts, classes)
+            if hit:
+                misc[M_HITS] += 1
+                issued_all = False
+                st = 0
+            else:
+                status, st, f, re, n_ins = _run_piece(pc, nb, p_off[pc] - start, pkeyed, pbase,
+                                                      ph, pnk, eng, arena, ch, refresh_on,
+                                                      store, bufs, class_of, n_classes,
+                                                      tail_of, counts, classes)
+                if status != OK:
+                    return status, 0, 0, 0
+                misc[M_ISSUED] += 1
+                misc[M_ISSUED_CMDS] += p_len[pc]
+                if n_ins > 0:
+                    issued_all = False
         if first < 0:
             first = f
         else:
             # the gap after the previous piece's last command goes to that command
             classes[class_of[a_cmd[p_off[pc] - 1]]] += f - last_before - 1
-        if hit:
-            misc[M_HITS] += 1
-            issued_all = False
-        else:
-            misc[M_ISSUED] += 1
-            misc[M_ISSUED_CMDS] += p_len[pc]
-            if n_ins > 0:
-                issued_all = False
         stall += st
         if re > read_end:
             read_end = re
@@ -646,47 +780,70 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
         runs[pw] += 1
         if runs[pw] > STORE_FROM and issued_all and (refresh_on == 0 or sc[1] > sc[0]):
             # every piece issued here, nothing inserted: the whole run is stored too
-            _store(pw, key2, nkw, hw, base, bufs[1][:p_len[pw]], read_end, counts - counts0,
-                   classes - classes0, eng, arena, ch, store, n_classes)
+            for k in range(n_c):
+                before[k] = counts[k] - before[k]
+            for k in range(n_classes):
+                before[n_c + k] = classes[k] - before[n_c + k]
+            _store(pw, key2, nkw, hw, base, bufs[1][:p_len[pw]], read_end, before[:n_c],
+                   before[n_c:n_c + n_classes], eng, arena, ch, store, n_classes)
     tail = 1
     if read_end - sc[0] > tail:
         tail = read_end - sc[0]
     return OK, stall, tail, first
 
 
-@njit(cache=True)
-def _start_kernel(x, now, sid, c, tck, eng, arena, chans, refr, memo_on, refresh_on, store,
-                  bufs, class_of, n_classes, tail_of, counts, classes, misc):
-    """A kernel granted its channel at ``now`` (ps): postponed refreshes first, then its
-    commands. Returns (status, when the channel falls free, when its results are ready)."""
-    if sid < 0:
-        return OK, now, now
-    postpone, pull_in, rfc, block_of, fl_cmd, fl_cyc = refr
-    all_ptr, all_to, all_lat = eng[9], eng[10], eng[11]
-    interval = eng[19]
-    NX, RING, WCOUNT, WHEAD, OPEN, REOPEN, SC = chans
-    sc = SC[c]
+@njit(cache=True, _nrt=False)
+def _refresh_before(c, now, tck, postpone, pull_in, rfc, interval, all_ptr, all_to, all_lat,
+                    chans, fl_cmd, fl_cyc):
+    """The postponed refreshes issued before a kernel granted channel ``c`` at ``now``
+    (ps). Returns (how many, or -1: a pulled-in refresh off its cycle, or -2: the
+    refresh buffers must hold at least the third value first; the kernel's first cycle)."""
+    sc = chans[6][c]
     not_before = _ceil_div(now, tck)
-    prev0 = sc[0]
-    nf = 0
-    if postpone > 0:
-        first_due = sc[1] - postpone * interval
-        owed = (not_before - first_due) // interval + 1
-        if owed < 0:
-            owed = 0
-        need = owed + 1 + max(pull_in, 0)
-        if need > fl_cmd.shape[0]:
-            fl_cmd = np.zeros(2 * need, dtype=np.int64)
-            fl_cyc = np.zeros(2 * need, dtype=np.int64)
-        nf = postponed_refresh(NX[c], OPEN[c], REOPEN[c], sc, all_ptr, all_to, all_lat,
-                               not_before, postpone, pull_in, interval, rfc, fl_cmd, fl_cyc)
-        if nf < 0:
-            return ERR_REFRESH, 0, 0
-    status, stall, tail, first = _issue(c, sid, not_before, eng, arena, chans, memo_on,
-                                        refresh_on, store, bufs, class_of, n_classes, tail_of,
-                                        counts, classes, misc)
-    if status != OK:
-        return status, 0, 0
+    if postpone <= 0:
+        return 0, 0, not_before
+    first_due = sc[1] - postpone * interval
+    owed = (not_before - first_due) // interval + 1
+    if owed < 0:
+        owed = 0
+    need = owed + 1 + max(pull_in, 0)
+    if need > fl_cmd.shape[0]:
+        return -2, need, not_before
+    nf = postponed_refresh(chans[0][c], chans[4][c], chans[5][c], sc, all_ptr, all_to,
+                           all_lat, not_before, postpone, pull_in, interval, rfc, fl_cmd,
+                           fl_cyc)
+    return nf, 0, not_before
+
+
+@njit(cache=True, _nrt=False)
+def _replay_kernel(c, sid, not_before, memo_on, refresh_on, arena, lk, chans, key, n_classes,
+                   counts, classes, misc):
+    """A kernel replayed in one: its stream's stored run (the whole stream's, or its only
+    piece's) if one applies. Returns (replayed, tail, first issue cycle)."""
+    p_ptr, p_memo, p_whole, top_end, sub_n = arena[4], arena[7], arena[12], arena[13], arena[15]
+    pc = p_ptr[sid]
+    if p_whole[sid] == 0 and (top_end[sid] - pc != 1 or sub_n[pc] != 0):
+        return False, 0, 0
+    nx = chans[0][c]
+    sc = chans[6][c]
+    chl = (nx.reshape(-1), chans[1][c], chans[2][c], chans[3][c], chans[4][c], sc)
+    hit, _, _, _, _, f, re = _try_piece(pc, not_before, memo_on, refresh_on, p_memo, lk, nx,
+                                        chl, key, n_classes, counts, classes)
+    if not hit:
+        return False, 0, 0
+    misc[M_HITS] += 1
+    tail = 1
+    if re - sc[0] > tail:
+        tail = re - sc[0]
+    return True, tail, f
+
+
+@njit(cache=True, _nrt=False)
+def _kernel_done(c, now, tck, nf, prev0, not_before, first, stall, tail, block_of, fl_cmd,
+                 fl_cyc, chans, class_of, counts, classes, misc):
+    """Account the refreshes issued before a kernel and its refresh stall. Returns (when the
+    channel falls free, when its results are ready), in ps."""
+    sc = chans[6][c]
     if nf > 0:
         for j in range(nf):
             k = fl_cmd[j]
@@ -708,7 +865,7 @@ def _start_kernel(x, now, sid, c, tck, eng, arena, chans, refr, memo_on, refresh
     done = (last + tail) * tck
     if free > done:
         done = free
-    return OK, free, done
+    return free, done
 
 
 @njit(cache=True)
@@ -747,6 +904,10 @@ def run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod
     ``res``; inputs CSR (producer, link latency); users CSR over distinct producers."""
     n = kind.shape[0]
     READY, RELEASE, FINISH = 0, 1, 2
+    postpone, pull_in, rfc, block_of, fl_cmd, fl_cyc = refr
+    all_ptr, all_to, all_lat, interval = eng[9], eng[10], eng[11], eng[19]
+    lk = _lookup_tables(eng, arena, store)
+    key2 = bufs[3]
     left = n_prod.copy()
     busy = np.zeros(n_res, dtype=np.uint8)
     heap = [(np.int64(0), np.int64(0), np.int64(0), np.int64(0))]
@@ -791,15 +952,44 @@ def run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod
             x = item[2]
             busy[r] = 1
             via, delay, _ = _arrival(x, t0, start_delay, in_ptr, in_src, in_lat, nrank, o_end)
-            if kind[x] == 0:
-                status, free, end = _start_kernel(x, now, ksid[x], kchan[x], tck, eng, arena,
-                                                  chans, refr, memo_on, refresh_on, store, bufs,
-                                                  class_of, n_classes, tail_of, counts,
-                                                  classes, misc)
-                if status != OK:
-                    misc[M_STATUS] = status
-                    misc[M_CHANNEL] = kchan[x]
+            if kind[x] == 0 and ksid[x] < 0:
+                free = end = now
+            elif kind[x] == 0:
+                # a kernel granted its channel: postponed refreshes first, then its commands
+                # (replayed in one where a stored run applies, else issued)
+                c = kchan[x]
+                prev0 = chans[6][c][0]
+                nf, need, not_before = _refresh_before(c, now, tck, postpone, pull_in, rfc,
+                                                       interval, all_ptr, all_to, all_lat,
+                                                       chans, fl_cmd, fl_cyc)
+                if nf == -2:
+                    fl_cmd = np.zeros(2 * need, dtype=np.int64)
+                    fl_cyc = np.zeros(2 * need, dtype=np.int64)
+                    nf, need, not_before = _refresh_before(c, now, tck, postpone, pull_in, rfc,
+                                                           interval, all_ptr, all_to, all_lat,
+                                                           chans, fl_cmd, fl_cyc)
+                if nf < 0:
+                    misc[M_STATUS] = ERR_REFRESH
+                    misc[M_CHANNEL] = c
                     return
+                stall = 0
+                hit = False
+                if memo_on:
+                    hit, tail, first = _replay_kernel(c, ksid[x], not_before, memo_on,
+                                                      refresh_on, arena, lk, chans, key2,
+                                                      n_classes, counts, classes, misc)
+                if not hit:
+                    status, stall, tail, first = _issue(c, ksid[x], not_before, eng, arena,
+                                                        chans, memo_on, refresh_on, store,
+                                                        bufs, class_of, n_classes, tail_of,
+                                                        counts, classes, misc)
+                    if status != OK:
+                        misc[M_STATUS] = status
+                        misc[M_CHANNEL] = c
+                        return
+                free, end = _kernel_done(c, now, tck, nf, prev0, not_before, first, stall,
+                                         tail, block_of, fl_cmd, fl_cyc, chans, class_of,
+                                         counts, classes, misc)
             else:
                 free = now + dur[x]
                 end = free

@@ -763,9 +763,14 @@ class _Compiled:
         if self.bufs is None or self.bufs[0].shape[0] < max_len:
             n = max(max_len, 1 << 12)
             k = 1 + sk.KEY_MAX + self.key_windows
-            # release times, issue cycles (a whole stream), a piece's key, a stream's key
+            c = len(COMMANDS) + len(_CLASSES)
+            # release times, issue cycles (a whole stream), the keys of a (sub-)piece, of
+            # a stream and of a piece issued in sub-pieces, the counts and channel cycles
+            # before such a piece and before a stream
             self.bufs = (np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64),
-                         np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64))
+                         np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64),
+                         np.zeros(k, dtype=np.int64), np.zeros(c, dtype=np.int64),
+                         np.zeros(c, dtype=np.int64))
 
     def load(self, channels: list) -> tuple:
         for c, st in enumerate(channels):

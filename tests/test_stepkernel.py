@@ -113,7 +113,8 @@ def test_prepare_reports_a_cycle():
 
 def test_streams_are_cut_into_pieces_that_never_end_with_tmod():
     """A long stream: the whole stream, then pieces of at least CHUNK commands that never
-    end with a TMOD and together are the stream; a short one is one piece."""
+    end with a TMOD and together are the stream, each cut the same way into sub-pieces of
+    at least SUB commands; a short one is one piece."""
     spec = load_preset("pim-gpt").dram
     ct = compile_timing(spec)
     arena = sk.Arena(ct.win_to, ct.win_from, CMD_ID["TMOD"], ct.addr_all, ct.n_bankgroups,
@@ -127,24 +128,40 @@ def test_streams_are_cut_into_pieces_that_never_end_with_tmod():
     sid = arena.sid_of(stream)
     assert arena.sid_of(stream) == sid                    # registered once
     tabs = arena.tables()
-    p_ptr, p_off, p_len, whole = tabs[4], tabs[5], tabs[6], tabs[12]
+    a_cmd, p_ptr, p_off, p_len, whole = tabs[0], tabs[4], tabs[5], tabs[6], tabs[12]
+    top_end, sub_lo, sub_n = tabs[13], tabs[14], tabs[15]
+
+    def part(p):
+        return a_cmd[p_off[p]:p_off[p] + p_len[p]]
+
     # first the whole stream (its runs are stored too), then the pieces
-    assert whole[sid] == 1
-    w = p_ptr[sid]
-    assert np.array_equal(tabs[0][p_off[w]:p_off[w] + p_len[w]], stream.cmd)
-    pieces = range(p_ptr[sid] + 1, p_ptr[sid + 1])
+    assert whole[sid] == 1 and sub_n[p_ptr[sid]] == 0
+    assert np.array_equal(part(p_ptr[sid]), stream.cmd)
+    pieces = range(p_ptr[sid] + 1, top_end[sid])
     assert len(pieces) > 3
-    back = np.concatenate([tabs[0][p_off[p]:p_off[p] + p_len[p]] for p in pieces])
-    assert np.array_equal(back, stream.cmd)
+    assert np.array_equal(np.concatenate([part(p) for p in pieces]), stream.cmd)
+    subs_seen = []
     for p in pieces:
         assert p_len[p] >= sk.CHUNK
         if p != pieces[-1]:
-            assert tabs[0][p_off[p] + p_len[p] - 1] != CMD_ID["TMOD"]
+            assert part(p)[-1] != CMD_ID["TMOD"]
+        subs = range(sub_lo[p], sub_lo[p] + sub_n[p])
+        assert len(subs) >= sk.CHUNK // sk.SUB - 1
+        assert np.array_equal(np.concatenate([part(q) for q in subs]), part(p))
+        for q in subs:
+            assert p_len[q] >= sk.SUB and sub_n[q] == 0
+            if q != subs[-1]:
+                assert part(q)[-1] != CMD_ID["TMOD"]
+        subs_seen += list(subs)
+    # the sub-pieces follow the pieces, and the stream's table ends with them
+    assert sorted(subs_seen) == list(range(top_end[sid], p_ptr[sid + 1]))
     short = SimpleNamespace(cmd=stream.cmd[:sk.CHUNK], bg=zero[:sk.CHUNK], ba=zero[:sk.CHUNK],
                             row=zero[:sk.CHUNK])
     s2 = arena.sid_of(short)
     tabs = arena.tables()
-    assert tabs[12][s2] == 0 and tabs[4][s2 + 1] - tabs[4][s2] == 1
+    p_ptr, top_end, sub_n = tabs[4], tabs[13], tabs[15]
+    assert tabs[12][s2] == 0 and p_ptr[s2 + 1] - p_ptr[s2] == 1 and top_end[s2] == p_ptr[s2 + 1]
+    assert sub_n[p_ptr[s2]] == 0
 
 
 def test_cleared_arena_and_store_give_the_same_schedule():
