@@ -797,22 +797,24 @@ def _refresh_before(c, now, tck, postpone, pull_in, rfc, interval, all_ptr, all_
                     chans, fl_cmd, fl_cyc):
     """The postponed refreshes issued before a kernel granted channel ``c`` at ``now``
     (ps). Returns (how many, or -1: a pulled-in refresh off its cycle, or -2: the
-    refresh buffers must hold at least the third value first; the kernel's first cycle)."""
+    refresh buffers must hold at least the second value first; the kernel's first cycle;
+    the channel's last issue cycle before)."""
     sc = chans[6][c]
     not_before = _ceil_div(now, tck)
+    prev0 = sc[0]
     if postpone <= 0:
-        return 0, 0, not_before
+        return 0, 0, not_before, prev0
     first_due = sc[1] - postpone * interval
     owed = (not_before - first_due) // interval + 1
     if owed < 0:
         owed = 0
     need = owed + 1 + max(pull_in, 0)
     if need > fl_cmd.shape[0]:
-        return -2, need, not_before
+        return -2, need, not_before, prev0
     nf = postponed_refresh(chans[0][c], chans[4][c], chans[5][c], sc, all_ptr, all_to,
                            all_lat, not_before, postpone, pull_in, interval, rfc, fl_cmd,
                            fl_cyc)
-    return nf, 0, not_before
+    return nf, 0, not_before, prev0
 
 
 @njit(cache=True, _nrt=False)
@@ -868,7 +870,7 @@ def _kernel_done(c, now, tck, nf, prev0, not_before, first, stall, tail, block_o
     return free, done
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _arrival(u, t0, start_delay, in_ptr, in_src, in_lat, nrank, end):
     """(input waited for: node, -1 for the step start, -2 none; its link delay; ready)."""
     via = -2
@@ -958,16 +960,15 @@ def run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod
                 # a kernel granted its channel: postponed refreshes first, then its commands
                 # (replayed in one where a stored run applies, else issued)
                 c = kchan[x]
-                prev0 = chans[6][c][0]
-                nf, need, not_before = _refresh_before(c, now, tck, postpone, pull_in, rfc,
+                nf, need, not_before, prev0 = _refresh_before(c, now, tck, postpone, pull_in, rfc,
                                                        interval, all_ptr, all_to, all_lat,
                                                        chans, fl_cmd, fl_cyc)
                 if nf == -2:
                     fl_cmd = np.zeros(2 * need, dtype=np.int64)
                     fl_cyc = np.zeros(2 * need, dtype=np.int64)
-                    nf, need, not_before = _refresh_before(c, now, tck, postpone, pull_in, rfc,
-                                                           interval, all_ptr, all_to, all_lat,
-                                                           chans, fl_cmd, fl_cyc)
+                    nf, need, not_before, prev0 = _refresh_before(
+                        c, now, tck, postpone, pull_in, rfc, interval, all_ptr, all_to,
+                        all_lat, chans, fl_cmd, fl_cyc)
                 if nf < 0:
                     misc[M_STATUS] = ERR_REFRESH
                     misc[M_CHANNEL] = c
