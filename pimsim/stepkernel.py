@@ -95,15 +95,23 @@ class _Vec:
         self.a = np.zeros(cap, dtype=np.int64)
         self.n = 0
 
-    def extend(self, values) -> None:
-        values = np.asarray(values, dtype=np.int64)
-        k = values.shape[0]
+    def _room(self, k: int) -> None:
         if self.n + k > self.a.shape[0]:
             a = np.zeros(max(2 * self.a.shape[0], self.n + k), dtype=np.int64)
             a[:self.n] = self.a[:self.n]
             self.a = a
+
+    def extend(self, values) -> None:
+        values = np.asarray(values, dtype=np.int64)
+        k = values.shape[0]
+        self._room(k)
         self.a[self.n:self.n + k] = values
         self.n += k
+
+    def append(self, value: int) -> None:
+        self._room(1)
+        self.a[self.n] = value
+        self.n += 1
 
     @property
     def view(self) -> np.ndarray:
@@ -112,13 +120,21 @@ class _Vec:
 
 class Arena:
     """Command streams registered once, by identity of their ``cmd`` array, in growing
-    int64 arrays; ``sid`` numbers them. Each stream is cut into pieces (one piece unless
-    longer than 2 x CHUNK); stored runs are kept per piece. Cleared (with the stored runs
-    keyed by it) when it would pass ``limit`` commands."""
+    int64 arrays; ``sid`` numbers them. A stream equal to one registered before (command
+    by command) gets that stream's number. Each stream is cut into pieces (one piece
+    unless longer than 2 x ``chunk``), at commands that depend only on the commands before
+    them;
+    a piece equal to a piece of an earlier stream is that piece, so a stream that differs
+    from an earlier one only in its last part shares the pieces before it, and their
+    stored runs. Stored runs are kept per piece. Cleared (with the stored runs keyed by it)
+    when it would pass ``limit`` commands."""
 
     def __init__(self, win_to: np.ndarray, win_from: np.ndarray, tmod: int,
-                 addr_all: np.ndarray, n_bg: int, bpg: int, limit: int = 1 << 25):
+                 addr_all: np.ndarray, n_bg: int, bpg: int, limit: int = 1 << 25,
+                 chunk: int = CHUNK, sub: int = SUB):
         self.w_to = win_to.astype(np.uint8)
+        self.chunk = chunk          # piece and sub-piece sizes (speed only)
+        self.sub = sub
         self.w_from = win_from.astype(np.uint8)
         self.tmod = tmod
         self.addr_all = addr_all.astype(np.uint8)
@@ -130,134 +146,222 @@ class Arena:
 
     def _clear(self) -> None:
         self.cmd, self.bg, self.ba, self.row = _Vec(1 << 16), _Vec(1 << 16), _Vec(1 << 16), _Vec(1 << 16)
-        self.piece_ptr = _Vec()     # per stream: its pieces
-        self.piece_ptr.extend([0])
+        # per stream: where its data starts, its entries in plist/ppos (its pieces and
+        # their positions in the stream), whether its first piece is the whole stream
+        self.s_off = _Vec()
+        self.plist_ptr = _Vec()
+        self.plist_ptr.append(0)
+        self.plist = _Vec()
+        self.ppos = _Vec()
+        self.whole = _Vec()
         self.piece_off = _Vec()     # per piece: arena offset, length, replayable
         self.piece_len = _Vec()
         self.piece_memo = _Vec()
         self.read_ptr = _Vec()      # per piece: the timing entries its commands read
-        self.read_ptr.extend([0])
+        self.read_ptr.append(0)
         self.read_idx = _Vec()
         self.win_to = _Vec()        # per piece and window: does a command wait on it
         self.win_from = _Vec()      # per piece and window: commands entering it
-        self.whole = _Vec()         # per stream: its first piece is the whole stream
-        self.top_end = _Vec()       # per stream: end of its pieces (sub-pieces follow)
         self.sub_lo = _Vec()        # per piece: its first sub-piece, and how many
         self.sub_n = _Vec()
         self.keep: list = []        # the cmd arrays, kept alive while their sid stands
         self.sid: dict[int, int] = {}
+        self.streams: dict = {}     # (content hash, length) -> stream numbers
+        self.pieces: dict = {}      # (content hash, length) -> piece numbers
+        self.n_streams = 0
         self.max_len = 1
         self.generation += 1
 
     def sid_of(self, stream) -> int:
         """The stream's number, registering it first if new (-1: empty stream)."""
-        cmd = stream.cmd
-        s = self.sid.get(id(cmd))
+        s = self.sid.get(id(stream.cmd))
         if s is not None:   # keep holds cmd, so its id is still its own
             return s
-        n = len(cmd)
+        n = len(stream.cmd)
         if n == 0:
             return -1
+        cmd, bg, ba, row = (np.ascontiguousarray(x, dtype=np.int64)
+                            for x in (stream.cmd, stream.bg, stream.ba, stream.row))
         if self.cmd.n + n > self.limit and self.cmd.n:
             self._clear()
+        key = (_hash_span(cmd, bg, ba, row, 0, n), n)
+        for s in self.streams.get(key, ()):
+            if _same(self.cmd.a, self.bg.a, self.ba.a, self.row.a, self.s_off.a[s], cmd, bg,
+                     ba, row, 0, n):
+                self.keep.append(stream.cmd)
+                self.sid[id(stream.cmd)] = s
+                return s
         u = self.cmd.n
         self.cmd.extend(cmd)
-        self.bg.extend(stream.bg)
-        self.ba.extend(stream.ba)
-        self.row.extend(stream.row)
-        cuts = self._cuts(cmd, 0, n, CHUNK)
-        bg, ba = np.asarray(stream.bg, dtype=np.int64), np.asarray(stream.ba, dtype=np.int64)
+        self.bg.extend(bg)
+        self.ba.extend(ba)
+        self.row.extend(row)
+        cuts = _cut_points(cmd, 0, n, self.chunk, self.tmod)
         # a stream in several pieces has a whole-stream piece first (its runs are stored
         # too, so a kernel that replays whole is one replay, not one per piece), and its
-        # pieces have sub-pieces, after all the pieces
+        # pieces have sub-pieces
         multi = len(cuts) > 2
-        self.whole.extend([multi])
-        spans = ([(0, n)] if multi else []) + list(zip(cuts[:-1], cuts[1:]))
-        first = self.piece_off.n
-        self.top_end.extend([first + len(spans)])
-        subs = []
-        for j, (lo, hi) in enumerate(spans):
-            sc = self._cuts(cmd, lo, hi, SUB) if multi and j > 0 else [lo, hi]
-            if len(sc) > 2:
-                self.sub_lo.extend([first + len(spans) + len(subs)])
-                self.sub_n.extend([len(sc) - 1])
-                subs += zip(sc[:-1], sc[1:])
-            else:
-                self.sub_lo.extend([0])
-                self.sub_n.extend([0])
-        self.sub_lo.extend(np.zeros(len(subs), dtype=np.int64))
-        self.sub_n.extend(np.zeros(len(subs), dtype=np.int64))
-        for lo, hi in spans + subs:
-            read, wto, wfrom = _piece_reads(cmd[lo:hi], bg[lo:hi], ba[lo:hi], self.addr_all,
-                                            self.n_bg, self.bpg, self.w_to, self.w_from)
-            memo = len(read) <= KEY_MAX
-            if memo:
-                self.read_idx.extend(read)
-            self.win_to.extend(wto)
-            self.win_from.extend(wfrom)
-            self.read_ptr.extend([self.read_idx.n])
-            self.piece_off.extend([u + lo])
-            self.piece_len.extend([hi - lo])
-            self.piece_memo.extend([memo])
-        self.max_len = max(self.max_len, n)
-        self.piece_ptr.extend([self.piece_off.n])
-        s = len(self.keep)
-        self.keep.append(cmd)
-        self.sid[id(cmd)] = s
-        return s
-
-    def _cuts(self, cmd, lo: int, hi: int, size: int) -> list[int]:
-        """Cut points of cmd[lo:hi] into parts of at least ``size`` commands (one part
-        unless longer than 2 x size), none ending with a TMOD."""
-        cuts = [lo]
-        if hi - lo > 2 * size:
-            k = lo + size
-            while hi - k > size:
-                while k < hi and cmd[k - 1] == self.tmod:
-                    k += 1
-                if k >= hi:
+        spans: list = []            # new pieces: (start, end, first sub-piece, sub-pieces)
+        entries: list = []          # the stream's pieces
+        pos: list = []
+        first = nxt = self.piece_off.n
+        if multi:
+            spans.append((0, n, 0, 0))
+            entries.append(nxt)
+            pos.append(0)
+            nxt += 1
+        for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            pos.append(lo)
+            pkey = (_hash_span(cmd, bg, ba, row, lo, hi), hi - lo) if multi else None
+            found = -1
+            for p in self.pieces.get(pkey, ()):
+                # (a piece of this stream itself is not in the tables yet)
+                off = self.piece_off.a[p] if p < first else u + spans[p - first][0]
+                if _same(self.cmd.a, self.bg.a, self.ba.a, self.row.a, off, cmd, bg, ba, row,
+                         lo, hi):
+                    found = p
                     break
-                cuts.append(k)
-                k += size
-        cuts.append(hi)
-        return cuts
+            if found >= 0:
+                entries.append(found)
+                continue
+            entries.append(nxt)
+            if multi:
+                self.pieces.setdefault(pkey, []).append(nxt)
+                sc = _cut_points(cmd, lo, hi, self.sub, self.tmod).tolist()
+            else:
+                sc = [lo, hi]
+            k = len(sc) - 1 if len(sc) > 2 else 0
+            spans.append((lo, hi, nxt + 1 if k else 0, k))
+            spans += [(a, b, 0, 0) for a, b in zip(sc[:-1], sc[1:])] if k else []
+            nxt += 1 + k
+        sp = np.array(spans, dtype=np.int64).reshape(-1, 4)
+        ptr, read, memo, wto, wfrom = _piece_reads(cmd, bg, ba, sp[:, 0], sp[:, 1],
+                                                   self.addr_all, self.n_bg, self.bpg,
+                                                   self.w_to, self.w_from, KEY_MAX)
+        self.read_ptr.extend(self.read_idx.n + ptr[1:])
+        self.read_idx.extend(read)
+        self.win_to.extend(wto.ravel())
+        self.win_from.extend(wfrom.ravel())
+        self.piece_off.extend(u + sp[:, 0])
+        self.piece_len.extend(sp[:, 1] - sp[:, 0])
+        self.piece_memo.extend(memo)
+        self.sub_lo.extend(sp[:, 2])
+        self.sub_n.extend(sp[:, 3])
+        s = self.n_streams
+        self.n_streams += 1
+        self.s_off.append(u)
+        self.whole.append(multi)
+        self.plist.extend(entries)
+        self.ppos.extend(pos)
+        self.plist_ptr.append(self.plist.n)
+        self.max_len = max(self.max_len, n)
+        self.keep.append(stream.cmd)
+        self.sid[id(stream.cmd)] = s
+        self.streams.setdefault(key, []).append(s)
+        return s
 
     @property
     def n_pieces(self) -> int:
         return self.piece_off.n
 
     def tables(self):
-        return (self.cmd.a, self.bg.a, self.ba.a, self.row.a, self.piece_ptr.view,
+        return (self.cmd.a, self.bg.a, self.ba.a, self.row.a, self.plist_ptr.view,
                 self.piece_off.view, self.piece_len.view, self.piece_memo.view,
                 self.read_ptr.view, self.read_idx.view, self.win_to.view, self.win_from.view,
-                self.whole.view, self.top_end.view, self.sub_lo.view, self.sub_n.view)
+                self.whole.view, self.plist.view, self.sub_lo.view, self.sub_n.view,
+                self.ppos.view)
 
 
 @njit(cache=True)
-def _piece_reads(cmd, bg, ba, addr_all, n_bg, bpg, win_to, win_from):
-    """The flat indices (row x NC + command) of the timing-table entries the engine reads
-    to place these commands, increasing: rows 0 and 1 for an all-bank command; row 0, its
-    bank group's and its bank's row otherwise (see pimsim.engine.kernel._earliest); per
-    window, whether a command waits on it and how many commands enter it."""
+def _cut_points(cmd, lo, hi, size, tmod):
+    """Cut points of cmd[lo:hi] (lo first, hi last) into parts of at least ``size``
+    commands, one part unless longer than 2 x size; no part but the last ends with a TMOD.
+    Each cut depends only on the commands before it (and on hi only through where the
+    cutting stops)."""
+    out = np.empty(2 + (hi - lo) // size, dtype=np.int64)
+    m = 0
+    out[m] = lo
+    m += 1
+    if hi - lo > 2 * size:
+        k = lo + size
+        while hi - k > size:
+            while k < hi and cmd[k - 1] == tmod:
+                k += 1
+            if k >= hi:
+                break
+            out[m] = k
+            m += 1
+            k += size
+    out[m] = hi
+    return out[:m + 1]
+
+
+@njit(cache=True)
+def _hash_span(cmd, bg, ba, row, lo, hi):
+    h = np.int64(-3750763034362895579)
+    for i in range(lo, hi):
+        h = (h ^ cmd[i]) * np.int64(_HASH_MUL)
+        h = (h ^ bg[i]) * np.int64(_HASH_MUL)
+        h = (h ^ ba[i]) * np.int64(_HASH_MUL)
+        h = (h ^ row[i]) * np.int64(_HASH_MUL)
+    return h
+
+
+@njit(cache=True)
+def _same(a_cmd, a_bg, a_ba, a_row, off, cmd, bg, ba, row, lo, hi):
+    """Whether the arena holds cmd[lo:hi] (and its bg, ba, row) at ``off``."""
+    for i in range(hi - lo):
+        j = off + i
+        if (a_cmd[j] != cmd[lo + i] or a_bg[j] != bg[lo + i] or a_ba[j] != ba[lo + i]
+                or a_row[j] != row[lo + i]):
+            return False
+    return True
+
+
+@njit(cache=True)
+def _piece_reads(cmd, bg, ba, los, his, addr_all, n_bg, bpg, win_to, win_from, key_max):
+    """Per span cmd[los[s]:his[s]]: the flat indices (row x NC + command) of the
+    timing-table entries the engine reads to place its commands, increasing (rows 0 and 1
+    for an all-bank command; row 0, its bank group's and its bank's row otherwise, see
+    pimsim.engine.kernel._earliest), kept only for spans reading at most ``key_max``
+    (``memo``); per window, whether a command waits on it and how many commands enter it.
+    Returns (read pointers, reads, memo, waits, entries)."""
     n_rows = 2 + n_bg + n_bg * bpg
-    seen = np.zeros(n_rows * NC, dtype=np.uint8)
+    n_sp = los.shape[0]
     n_win = win_to.shape[0]
-    wto = np.zeros(n_win, dtype=np.int64)
-    wfrom = np.zeros(n_win, dtype=np.int64)
-    for i in range(cmd.shape[0]):
-        c = cmd[i]
-        seen[c] = 1
-        if addr_all[c]:
-            seen[NC + c] = 1
-        else:
-            seen[(2 + bg[i]) * NC + c] = 1
-            seen[(2 + n_bg + bg[i] * bpg + ba[i]) * NC + c] = 1
-        for w in range(n_win):
-            if win_to[w, c]:
-                wto[w] = 1
-            if win_from[w, c]:
-                wfrom[w] += 1
-    return np.flatnonzero(seen).astype(np.int64), wto, wfrom
+    seen = np.zeros(n_rows * NC, dtype=np.uint8)
+    ptr = np.zeros(n_sp + 1, dtype=np.int64)
+    memo = np.zeros(n_sp, dtype=np.int64)
+    out = np.empty(n_sp * min(key_max, n_rows * NC), dtype=np.int64)
+    wto = np.zeros((n_sp, n_win), dtype=np.int64)
+    wfrom = np.zeros((n_sp, n_win), dtype=np.int64)
+    for s in range(n_sp):
+        seen[:] = 0
+        for i in range(los[s], his[s]):
+            c = cmd[i]
+            seen[c] = 1
+            if addr_all[c]:
+                seen[NC + c] = 1
+            else:
+                seen[(2 + bg[i]) * NC + c] = 1
+                seen[(2 + n_bg + bg[i] * bpg + ba[i]) * NC + c] = 1
+            for w in range(n_win):
+                if win_to[w, c]:
+                    wto[s, w] = 1
+                if win_from[w, c]:
+                    wfrom[s, w] += 1
+        count = 0
+        for q in range(seen.shape[0]):
+            count += seen[q]
+        m = ptr[s]
+        if count <= key_max:
+            memo[s] = 1
+            for q in range(seen.shape[0]):
+                if seen[q]:
+                    out[m] = q
+                    m += 1
+        ptr[s + 1] = m
+    return ptr, out[:ptr[n_sp]], memo, wto, wfrom
 
 
 class RunStore:
@@ -316,7 +420,7 @@ def _base(nx, sc, not_before):
 
 
 @njit(cache=True, _nrt=False)
-def _lookup(pc, base, lk, chl, refresh_on, key, n_classes, counts, classes):
+def _lookup(pc, base, lk, chl, refresh_on, key, n_classes, counts, classes, look=True):
     """Key piece ``pc`` at ``base`` into ``key`` and replay its stored run if there is one.
     Returns (replayed, key hash, key length, first issue cycle, last read's data end).
 
@@ -356,6 +460,8 @@ def _lookup(pc, base, lk, chl, refresh_on, key, n_classes, counts, classes):
     h = np.int64(-3750763034362895579)
     for q in range(nk):
         h = (h ^ key[q]) * np.int64(_HASH_MUL)
+    if not look:
+        return False, h, nk, 0, -1
     e = _find(index, h)
     if e < 0 or pool[e + _KEY_LEN] != nk or (refresh_on != 0
                                              and sc[1] - base <= pool[e + _LAST]):
@@ -474,16 +580,17 @@ def _store(pc, key, nk, h, base, cyc, read_end, run_counts, run_classes, eng, ar
 
 @njit(cache=True, _nrt=False)
 def _try_piece(pc, not_before, memo_on, refresh_on, p_memo, lk, nx, chl, key, n_classes,
-               counts, classes):
-    """Replay piece ``pc``'s stored run if one applies (:func:`_lookup`). Returns (replayed,
-    keyed, base, key hash, key length, first issue cycle, last read's data end)."""
+               counts, classes, look=True):
+    """Replay piece ``pc``'s stored run if one applies (:func:`_lookup`; only its key when
+    not ``look``). Returns (replayed, keyed, base, key hash, key length, first issue cycle,
+    last read's data end)."""
     sc = chl[5]
     base = _base(nx, sc, not_before)
     keyed = memo_on and p_memo[pc] != 0 and sc[3] == 0
     if not keyed:
         return False, False, base, 0, 0, 0, -1
     hit, h, nk, f, re = _lookup(pc, base, lk, chl, refresh_on, key, n_classes, counts,
-                                classes)
+                                classes, look)
     return hit, True, base, h, nk, f, re
 
 
@@ -621,9 +728,9 @@ def _lookup_tables(eng, arena, store):
 
 
 @njit(cache=True)
-def _issue_split(pc, not_before, start, eng, arena, ch, memo_on, refresh_on, store, bufs,
-                 class_of, n_classes, tail_of, counts, classes, misc):
-    """Piece ``pc`` of a stream starting at arena offset ``start``: its stored run if one
+def _issue_split(pc, not_before, pos, eng, arena, ch, memo_on, refresh_on, store, bufs,
+                 class_of, n_classes, tail_of, counts, classes, misc, look):
+    """Piece ``pc``, at ``pos`` in its stream: its stored run if one
     applies, else its sub-pieces one by one (each replayed or issued); its own run is then
     stored when every sub-piece was issued and nothing inserted. Returns (status, refresh
     stall, first issue cycle, last read's data end or -1, every command issued here with
@@ -636,7 +743,8 @@ def _issue_split(pc, not_before, start, eng, arena, ch, memo_on, refresh_on, sto
     runs = store[4]
     key = bufs[4]
     hit, keyed, base, h, nk, f, re = _try_piece(pc, not_before, memo_on, refresh_on, p_memo,
-                                                lk, nx, chl, key, n_classes, counts, classes)
+                                                lk, nx, chl, key, n_classes, counts, classes,
+                                                look)
     if hit:
         misc[M_HITS] += 1
         return OK, 0, f, re, False, 0
@@ -655,13 +763,14 @@ def _issue_split(pc, not_before, start, eng, arena, ch, memo_on, refresh_on, sto
         nb = not_before if first < 0 else 0
         hit, qkeyed, qbase, qh, qnk, f, re = _try_piece(q, nb, memo_on, refresh_on, p_memo, lk,
                                                         nx, chl, bufs[2], n_classes, counts,
-                                                        classes)
+                                                        classes, look)
         if hit:
             misc[M_HITS] += 1
             issued = False
             st = 0
         else:
-            status, st, f, re, n_ins = _run_piece(q, nb, p_off[q] - start, qkeyed, qbase, qh,
+            status, st, f, re, n_ins = _run_piece(q, nb, pos + p_off[q] - p_off[pc], qkeyed,
+                                                  qbase, qh,
                                                   qnk, eng, arena, ch, refresh_on, store, bufs,
                                                   class_of, n_classes, tail_of, counts, classes)
             if status != OK:
@@ -684,8 +793,7 @@ def _issue_split(pc, not_before, start, eng, arena, ch, memo_on, refresh_on, sto
             before[k] = counts[k] - before[k]
         for k in range(n_classes):
             before[n_c + k] = classes[k] - before[n_c + k]
-        o = p_off[pc] - start
-        _store(pc, key, nk, h, base, bufs[1][o:o + p_len[pc]], read_end, before[:n_c],
+        _store(pc, key, nk, h, base, bufs[1][pos:pos + p_len[pc]], read_end, before[:n_c],
                before[n_c:n_c + n_classes], eng, arena, ch, store, n_classes)
     return OK, stall, first, read_end, issued, inserted
 
@@ -698,8 +806,8 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
     applies, else piece by piece. Returns (status, refresh stall, tail: cycles from the
     last issue until the last read's data is back, at least 1; first issue cycle)."""
     a_cmd = arena[0]
-    p_ptr, p_off, p_len, p_memo, p_whole = arena[4], arena[5], arena[6], arena[7], arena[12]
-    top_end, sub_n = arena[13], arena[15]
+    plist_ptr, p_off, p_len, p_memo, p_whole = arena[4], arena[5], arena[6], arena[7], arena[12]
+    plist, sub_n, ppos = arena[13], arena[15], arena[16]
     runs = store[4]
     nx = chans[0][c]
     sc = chans[6][c]
@@ -708,8 +816,8 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
           sc)
     chl = (ch[1], ch[2], ch[3], ch[4], ch[5], sc)
     lk = _lookup_tables(eng, arena, store)
-    p0 = p_ptr[sid]
-    p1 = top_end[sid]
+    j0 = plist_ptr[sid]
+    j1 = plist_ptr[sid + 1]
     whole = p_whole[sid] != 0
     keyed = False
     hw = 0
@@ -718,9 +826,9 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
     key2 = bufs[3]
     n_c = counts.shape[0]
     before = bufs[6]                    # counts and classes before, to store the whole run
+    pw = plist[j0]
     if whole:
-        pw = p0
-        p0 += 1
+        j0 += 1
         hit, keyed, base, hw, nkw, f, re = _try_piece(pw, not_before, memo_on, refresh_on,
                                                       p_memo, lk, nx, chl, key2, n_classes,
                                                       counts, classes)
@@ -733,18 +841,23 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
         if keyed:
             before[:n_c] = counts
             before[n_c:n_c + n_classes] = classes
+    # the run that would first store the whole stream issues every piece (pieces shared
+    # with earlier streams would otherwise replay, and a run with replayed pieces is not
+    # stored whole)
+    look = not (keyed and runs[pw] == STORE_FROM)
     stall = 0
     first = -1
     read_end = -1
     issued_all = True
-    start = p_off[p0]
-    for pc in range(p0, p1):
+    prev = -1
+    for j in range(j0, j1):
+        pc = plist[j]
         last_before = sc[0]
         nb = not_before if first < 0 else 0
         if sub_n[pc] > 0:
             status, st, f, re, issued, n_ins = _issue_split(
-                pc, nb, start, eng, arena, ch, memo_on, refresh_on, store, bufs, class_of,
-                n_classes, tail_of, counts, classes, misc)
+                pc, nb, ppos[j], eng, arena, ch, memo_on, refresh_on, store, bufs, class_of,
+                n_classes, tail_of, counts, classes, misc, look)
             if status != OK:
                 return status, 0, 0, 0
             if not issued:
@@ -752,13 +865,13 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
         else:
             hit, pkeyed, pbase, ph, pnk, f, re = _try_piece(pc, nb, memo_on, refresh_on, p_memo,
                                                             lk, nx, chl, bufs[2], n_classes,
-                                                            counts, classes)
+                                                            counts, classes, look)
             if hit:
                 misc[M_HITS] += 1
                 issued_all = False
                 st = 0
             else:
-                status, st, f, re, n_ins = _run_piece(pc, nb, p_off[pc] - start, pkeyed, pbase,
+                status, st, f, re, n_ins = _run_piece(pc, nb, ppos[j], pkeyed, pbase,
                                                       ph, pnk, eng, arena, ch, refresh_on,
                                                       store, bufs, class_of, n_classes,
                                                       tail_of, counts, classes)
@@ -772,7 +885,8 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
             first = f
         else:
             # the gap after the previous piece's last command goes to that command
-            classes[class_of[a_cmd[p_off[pc] - 1]]] += f - last_before - 1
+            classes[class_of[a_cmd[p_off[prev] + p_len[prev] - 1]]] += f - last_before - 1
+        prev = pc
         stall += st
         if re > read_end:
             read_end = re
@@ -822,9 +936,10 @@ def _replay_kernel(c, sid, not_before, memo_on, refresh_on, arena, lk, chans, ke
                    counts, classes, misc):
     """A kernel replayed in one: its stream's stored run (the whole stream's, or its only
     piece's) if one applies. Returns (replayed, tail, first issue cycle)."""
-    p_ptr, p_memo, p_whole, top_end, sub_n = arena[4], arena[7], arena[12], arena[13], arena[15]
-    pc = p_ptr[sid]
-    if p_whole[sid] == 0 and (top_end[sid] - pc != 1 or sub_n[pc] != 0):
+    plist_ptr, p_memo, p_whole, plist, sub_n = arena[4], arena[7], arena[12], arena[13], arena[15]
+    j = plist_ptr[sid]
+    pc = plist[j]
+    if p_whole[sid] == 0 and (plist_ptr[sid + 1] - j != 1 or sub_n[pc] != 0):
         return False, 0, 0
     nx = chans[0][c]
     sc = chans[6][c]

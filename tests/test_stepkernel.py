@@ -111,36 +111,50 @@ def test_prepare_reports_a_cycle():
     assert out[0].size == 0
 
 
+def _arena():
+    ct = compile_timing(load_preset("pim-gpt").dram)
+    return sk.Arena(ct.win_to, ct.win_from, CMD_ID["TMOD"], ct.addr_all, ct.n_bankgroups,
+                    ct.banks_per_bankgroup)
+
+
+def _random_stream(n: int, seed: int) -> SimpleNamespace:
+    rng = np.random.default_rng(seed)
+    cmd = rng.choice([CMD_ID["MAC16"], CMD_ID["TMOD"], CMD_ID["ACT16"]], size=n)
+    cmd[sk.CHUNK - 3:sk.CHUNK + 2] = CMD_ID["TMOD"]       # a TMOD run across a cut
+    zero = np.zeros(n, dtype=np.int64)
+    return SimpleNamespace(cmd=cmd.astype(np.int64), bg=zero, ba=zero.copy(),
+                           row=rng.integers(0, 50, size=n))
+
+
+def _stream_pieces(arena, sid):
+    tabs = arena.tables()
+    ptr, plist, ppos = tabs[4], tabs[13], tabs[16]
+    return plist[ptr[sid]:ptr[sid + 1]].tolist(), ppos[ptr[sid]:ptr[sid + 1]].tolist()
+
+
 def test_streams_are_cut_into_pieces_that_never_end_with_tmod():
     """A long stream: the whole stream, then pieces of at least CHUNK commands that never
     end with a TMOD and together are the stream, each cut the same way into sub-pieces of
     at least SUB commands; a short one is one piece."""
-    spec = load_preset("pim-gpt").dram
-    ct = compile_timing(spec)
-    arena = sk.Arena(ct.win_to, ct.win_from, CMD_ID["TMOD"], ct.addr_all, ct.n_bankgroups,
-                     ct.banks_per_bankgroup)
-    rng = np.random.default_rng(3)
-    n = 5 * sk.CHUNK + 77
-    cmd = rng.choice([CMD_ID["MAC16"], CMD_ID["TMOD"], CMD_ID["ACT16"]], size=n)
-    cmd[sk.CHUNK - 3:sk.CHUNK + 2] = CMD_ID["TMOD"]       # a TMOD run across a cut
-    zero = np.zeros(n, dtype=np.int64)
-    stream = SimpleNamespace(cmd=cmd.astype(np.int64), bg=zero, ba=zero, row=zero)
+    arena = _arena()
+    stream = _random_stream(5 * sk.CHUNK + 77, 3)
     sid = arena.sid_of(stream)
     assert arena.sid_of(stream) == sid                    # registered once
     tabs = arena.tables()
-    a_cmd, p_ptr, p_off, p_len, whole = tabs[0], tabs[4], tabs[5], tabs[6], tabs[12]
-    top_end, sub_lo, sub_n = tabs[13], tabs[14], tabs[15]
+    a_cmd, p_off, p_len, whole = tabs[0], tabs[5], tabs[6], tabs[12]
+    sub_lo, sub_n = tabs[14], tabs[15]
 
     def part(p):
         return a_cmd[p_off[p]:p_off[p] + p_len[p]]
 
     # first the whole stream (its runs are stored too), then the pieces
-    assert whole[sid] == 1 and sub_n[p_ptr[sid]] == 0
-    assert np.array_equal(part(p_ptr[sid]), stream.cmd)
-    pieces = range(p_ptr[sid] + 1, top_end[sid])
+    ids, pos = _stream_pieces(arena, sid)
+    assert whole[sid] == 1 and sub_n[ids[0]] == 0 and pos[0] == 0
+    assert np.array_equal(part(ids[0]), stream.cmd)
+    pieces = ids[1:]
     assert len(pieces) > 3
     assert np.array_equal(np.concatenate([part(p) for p in pieces]), stream.cmd)
-    subs_seen = []
+    assert pos[1:] == np.cumsum([0] + [p_len[p] for p in pieces[:-1]]).tolist()
     for p in pieces:
         assert p_len[p] >= sk.CHUNK
         if p != pieces[-1]:
@@ -152,16 +166,40 @@ def test_streams_are_cut_into_pieces_that_never_end_with_tmod():
             assert p_len[q] >= sk.SUB and sub_n[q] == 0
             if q != subs[-1]:
                 assert part(q)[-1] != CMD_ID["TMOD"]
-        subs_seen += list(subs)
-    # the sub-pieces follow the pieces, and the stream's table ends with them
-    assert sorted(subs_seen) == list(range(top_end[sid], p_ptr[sid + 1]))
-    short = SimpleNamespace(cmd=stream.cmd[:sk.CHUNK], bg=zero[:sk.CHUNK], ba=zero[:sk.CHUNK],
-                            row=zero[:sk.CHUNK])
+    short = SimpleNamespace(cmd=stream.cmd[:sk.CHUNK], bg=stream.bg[:sk.CHUNK],
+                            ba=stream.ba[:sk.CHUNK], row=stream.row[:sk.CHUNK])
     s2 = arena.sid_of(short)
+    ids, _ = _stream_pieces(arena, s2)
     tabs = arena.tables()
-    p_ptr, top_end, sub_n = tabs[4], tabs[13], tabs[15]
-    assert tabs[12][s2] == 0 and p_ptr[s2 + 1] - p_ptr[s2] == 1 and top_end[s2] == p_ptr[s2 + 1]
-    assert sub_n[p_ptr[s2]] == 0
+    assert tabs[12][s2] == 0 and len(ids) == 1 and tabs[15][ids[0]] == 0
+
+
+def test_equal_streams_and_pieces_are_registered_once():
+    """A stream equal to an earlier one, command by command, is that stream; a stream that
+    differs only in its last part shares the earlier stream's pieces before it; any other
+    difference gives new pieces."""
+    arena = _arena()
+    a = _random_stream(5 * sk.CHUNK + 77, 4)
+    sa = arena.sid_of(a)
+    copy = SimpleNamespace(**{k: v.copy() for k, v in vars(a).items()})
+    assert arena.sid_of(copy) == sa
+    n_pieces = arena.n_pieces
+    grown = SimpleNamespace(**{k: np.concatenate([v, v[-40:]]) for k, v in vars(a).items()})
+    sg = arena.sid_of(grown)
+    assert sg != sa
+    ids_a, _ = _stream_pieces(arena, sa)
+    ids_g, pos_g = _stream_pieces(arena, sg)
+    # the whole stream is new, and so is the last piece; the pieces before are shared
+    assert ids_g[1:-1] == ids_a[1:-1] and ids_g[-1] not in ids_a and ids_g[0] not in ids_a
+    tabs = arena.tables()
+    back = np.concatenate([tabs[0][tabs[5][p]:tabs[5][p] + tabs[6][p]] for p in ids_g[1:]])
+    assert np.array_equal(back, grown.cmd) and arena.n_pieces > n_pieces
+    # one row changed in the first piece: the whole stream and that piece are new, the
+    # pieces after it (cut at the same commands) are shared
+    other = SimpleNamespace(**{k: v.copy() for k, v in vars(a).items()})
+    other.row[5] += 1
+    ids_o, _ = _stream_pieces(arena, arena.sid_of(other))
+    assert ids_o[0] not in ids_a and ids_o[1] not in ids_a and ids_o[2:] == ids_a[2:]
 
 
 def test_cleared_arena_and_store_give_the_same_schedule():
@@ -185,3 +223,35 @@ def test_cleared_arena_and_store_give_the_same_schedule():
         gens.append(cs.arena.generation)
     assert gens[-1] >= gens[0] + len(steps) - 1 and out.memo_hits > 0
     assert [dataclasses.asdict(s) for s in out_stats] == [dataclasses.asdict(s) for s in ref_stats]
+
+
+def test_small_pieces_shared_between_streams_give_the_same_schedule():
+    """With small pieces and sub-pieces, streams that grow from step to step (the context
+    kernels, as the V token column moves on) share their unchanged pieces with the
+    streams before them, runs are stored in sub-pieces around forced refreshes, and the
+    schedule and channel states stay those of the Python event list."""
+    spec = load_preset("pim-gpt")
+    trace = workloads.load_bundled("gpt2-small")
+    mapping = mappings.map(trace, spec, max_context=128)
+    steps = range(45, 58)               # the V token column moves on at 49
+    ref = SystemSimulator(spec, scheduler="listed")
+    ref_stats = [ref.run_step(mapping.program(k)) for k in steps]
+    out = SystemSimulator(spec)
+    cs = out._compiled_state()
+    old = cs.arena
+    cs.arena = sk.Arena(old.w_to, old.w_from, old.tmod, old.addr_all, old.n_bg, old.bpg,
+                        chunk=10, sub=4)
+    cs.generation = cs.arena.generation
+    out_stats = [out.run_step(mapping.program(k)) for k in steps]
+    assert [dataclasses.asdict(s) for s in out_stats] == [dataclasses.asdict(s) for s in ref_stats]
+    for a, b in zip(ref.channels, out.channels):
+        assert all(np.array_equal(u, v) for u, v in zip(a.arrays, b.arrays))
+    # pieces were shared by streams, and replayed
+    tabs = cs.arena.tables()
+    ptr, plist = tabs[4], tabs[13]
+    owners: dict = {}
+    for s in range(cs.arena.n_streams):
+        for p in set(plist[ptr[s]:ptr[s + 1]].tolist()):
+            owners[p] = owners.get(p, 0) + 1
+    assert sum(1 for v in owners.values() if v > 1) > 0
+    assert out.memo_hits > 0 and int(tabs[15].sum()) > 0
