@@ -327,6 +327,14 @@ class MacKernel:
     def counts(self) -> dict[str, int]:
         return _mac_counts(self.passes, self.repeats, self.registers, self.gb_reuse)
 
+    def same_node(self, other: "MacKernel") -> bool:
+        """Same commands, channel, category and operator as ``other`` (``out_limit`` only
+        decides which read-outs hold data)."""
+        return (self.passes is other.passes and self.part is other.part
+                and self.repeats == other.repeats and self.registers == other.registers
+                and self.gb_reuse == other.gb_reuse and self.channel == other.channel
+                and self.what == other.what and self.op_index == other.op_index)
+
     @property
     def plan(self) -> KernelPlan:
         """Load and read-out schedule of one repeat."""
@@ -549,6 +557,14 @@ class AccessKernel:
 
     kind = "access"
 
+    def same_node(self, other: "AccessKernel") -> bool:
+        """Same commands (the same access arrays), channel, category and operator."""
+        return (self.bank is other.bank and self.row is other.row and self.col is other.col
+                and self.what == other.what and self.name == other.name
+                and self.channel == other.channel
+                and self.banks_per_bankgroup == other.banks_per_bankgroup
+                and self.op_index == other.op_index)
+
     @functools.cached_property
     def _runs(self) -> np.ndarray:
         if self.bank.size == 0:
@@ -665,6 +681,11 @@ class AsicOp:
     op_index: int = -1
     detail: dict = field(default_factory=dict)
 
+    def same_node(self, other: "AsicOp") -> bool:
+        """The same operator work (kind, element count, details) in the same operator."""
+        return (self.kind == other.kind and self.elements == other.elements
+                and self.op_index == other.op_index and self.detail == other.detail)
+
 
 @dataclass(eq=False)
 class Transfer:
@@ -673,6 +694,10 @@ class Transfer:
     channel: int
     bytes: int
     op_index: int = -1
+
+    def same_node(self, other: "Transfer") -> bool:
+        return (self.direction == other.direction and self.bytes == other.bytes
+                and self.channel == other.channel and self.op_index == other.op_index)
 
 
 def row_hit(counts: dict[str, int]) -> tuple[int, int]:

@@ -75,6 +75,15 @@ def node_kind(item) -> str:
     raise PimsimError(f"program node of unknown type {type(item).__name__}")
 
 
+def _same_node(a, b) -> bool:
+    """Whether program item ``a`` gives the scheduler the same node as ``b`` (the same
+    command stream, channel, priority and category; the same ASIC work; the same transfer):
+    items say so through a ``same_node`` method (the item classes of
+    :mod:`mappings.program` have one); others only when identical."""
+    f = getattr(a, "same_node", None)
+    return f is not None and type(a) is type(b) and f(b)
+
+
 @dataclass
 class StepStats:
     """What one decode step did."""
@@ -640,6 +649,8 @@ class _StepPlan:
         self._dyn_transfer_sums(infos if layout is None else [infos[v] for v in self.dyn_pos])
         self.generation = -1
         self.infos = infos
+        # the items at the step-dependent positions that the arrays were last set from
+        self.prev = [items_all[v] for v in self.dyn_pos]
 
     def _set(self, t: int, info: tuple) -> None:
         """Node t (topological position) from its item's info."""
@@ -665,9 +676,17 @@ class _StepPlan:
 
     def update(self, sim: SystemSimulator, items_all: list) -> None:
         get, info_of = sim._info.get, sim._node_info
-        infos = [get(id(items_all[v])) or info_of(items_all[v]) for v in self.dyn_pos]
+        prev = self.prev
         kernels = []
-        for v, info in zip(self.dyn_pos, infos):
+        changed = False
+        for i, v in enumerate(self.dyn_pos):
+            it = items_all[v]
+            p = prev[i]
+            if it is p or _same_node(it, p):
+                continue
+            prev[i] = it
+            changed = True
+            info = get(id(it)) or info_of(it)
             self.infos[v] = info
             t = self.topo_of[v]
             if t >= 0:
@@ -678,8 +697,10 @@ class _StepPlan:
                     kernels.append(t)
             elif info[1] != 2:
                 raise PimsimError(f"step layout: node {self.names_all[v]} changed kind")
+        if not changed:
+            return
         self.cats_present.update(self.cat_names)
-        self._dyn_transfer_sums(infos)
+        self._dyn_transfer_sums([self.infos[v] for v in self.dyn_pos])
         if kernels and self.generation == sim._compiled.arena.generation:
             before = sim._compiled.arena.generation
             sids = sim._compiled.sids([self.streams[t] for t in kernels])

@@ -214,3 +214,30 @@ def test_doubling_channels_on_gpt2_xl_scales_near_linearly():
         sim.run_step(mapping.program(kv_len=32))
         lat[ch] = sim.run_step(mapping.program(kv_len=33)).latency_ps
     assert lat[8] / lat[16] >= 1.8, lat
+
+
+def test_step_items_that_give_the_same_node_are_recognised():
+    """Consecutive steps share a layout; at its step-dependent positions the items that
+    give the scheduler the same node (same stream, ASIC work or transfer) are recognised
+    as such, and the others are not: the K append writes another position, the softmax
+    has one more element. When the V token column moves on, the context kernels change."""
+    spec = load_preset("pim-gpt")
+    m = mappings.map(workloads.load_bundled("gpt2-small"), spec, max_context=128)
+    a, b = m.program(41), m.program(42)
+    assert a.layout is b.layout
+    same: dict = {}
+    for v in a.layout.dyn_pos:
+        x, y = a.flat.items[v], b.flat.items[v]
+        kind = getattr(x, "what", getattr(x, "kind", type(x).__name__))
+        s = x is y or x.same_node(y)
+        if s and hasattr(x, "commands"):
+            sx, sy = x.commands(spec), y.commands(spec)
+            assert all((getattr(sx, f) == getattr(sy, f)).all()
+                       for f in ("cmd", "bg", "ba", "row", "col"))
+        same.setdefault(kind, set()).add(s)
+    assert same["softmax"] == {False}
+    assert False in same["write"]           # the K append
+    assert same["score"] == {True} and same["context"] == {True}
+    ctx = [{k.name: k for k in m.program(n).kernels() if k.what == "context"} for n in (48, 49)]
+    assert ctx[0].keys() == ctx[1].keys()
+    assert not any(k.same_node(ctx[1][name]) for name, k in ctx[0].items())
