@@ -728,13 +728,13 @@ def _lookup_tables(eng, arena, store):
 
 
 @njit(cache=True)
-def _issue_split(pc, not_before, pos, eng, arena, ch, memo_on, refresh_on, store, bufs,
-                 class_of, n_classes, tail_of, counts, classes, misc, look):
-    """Piece ``pc``, at ``pos`` in its stream: its stored run if one
-    applies, else its sub-pieces one by one (each replayed or issued); its own run is then
-    stored when every sub-piece was issued and nothing inserted. Returns (status, refresh
-    stall, first issue cycle, last read's data end or -1, every command issued here with
-    nothing inserted, commands inserted)."""
+def _issue_split(pc, not_before, pos, keyed, base, h, nk, eng, arena, ch, memo_on, refresh_on,
+                 store, bufs, class_of, n_classes, tail_of, counts, classes, misc, look):
+    """Piece ``pc``, at ``pos`` in its stream, whose own stored run did not apply (its key
+    from :func:`_try_piece` in ``bufs[4]``): its sub-pieces one by one (each replayed or
+    issued); its own run is then stored when every sub-piece was issued and nothing
+    inserted. Returns (status, refresh stall, first issue cycle, last read's data end or
+    -1, every command issued here with nothing inserted, commands inserted)."""
     a_cmd, p_off, p_len, p_memo = arena[0], arena[5], arena[6], arena[7]
     sub_lo, sub_n = arena[14], arena[15]
     nx, sc = ch[0], ch[7]
@@ -742,12 +742,6 @@ def _issue_split(pc, not_before, pos, eng, arena, ch, memo_on, refresh_on, store
     lk = _lookup_tables(eng, arena, store)
     runs = store[4]
     key = bufs[4]
-    hit, keyed, base, h, nk, f, re = _try_piece(pc, not_before, memo_on, refresh_on, p_memo,
-                                                lk, nx, chl, key, n_classes, counts, classes,
-                                                look)
-    if hit:
-        misc[M_HITS] += 1
-        return OK, 0, f, re, False, 0
     n_c = counts.shape[0]
     before = bufs[5]                    # counts and classes before, to store the run's own
     if keyed:
@@ -855,13 +849,22 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
         last_before = sc[0]
         nb = not_before if first < 0 else 0
         if sub_n[pc] > 0:
-            status, st, f, re, issued, n_ins = _issue_split(
-                pc, nb, ppos[j], eng, arena, ch, memo_on, refresh_on, store, bufs, class_of,
-                n_classes, tail_of, counts, classes, misc, look)
-            if status != OK:
-                return status, 0, 0, 0
-            if not issued:
+            hit, pkeyed, pbase, ph, pnk, f, re = _try_piece(pc, nb, memo_on, refresh_on, p_memo,
+                                                            lk, nx, chl, bufs[4], n_classes,
+                                                            counts, classes, look)
+            if hit:
+                misc[M_HITS] += 1
                 issued_all = False
+                st = 0
+            else:
+                status, st, f, re, issued, n_ins = _issue_split(
+                    pc, nb, ppos[j], pkeyed, pbase, ph, pnk, eng, arena, ch, memo_on,
+                    refresh_on, store, bufs, class_of, n_classes, tail_of, counts, classes,
+                    misc, look)
+                if status != OK:
+                    return status, 0, 0, 0
+                if not issued:
+                    issued_all = False
         else:
             hit, pkeyed, pbase, ph, pnk, f, re = _try_piece(pc, nb, memo_on, refresh_on, p_memo,
                                                             lk, nx, chl, bufs[2], n_classes,
