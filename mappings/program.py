@@ -410,6 +410,11 @@ def _kernel_arrays(passes: tuple[MacPass, ...], base_row: int, repeats: int,
     passes (weight kernels are identical from token to token); nothing writes to them.
     With ``registers > 1`` each repeat's ACT16s are moved ahead of the buffer-mode stretch
     they follow (:func:`_hoisted_order`)."""
+    if base_row != 0:
+        # the same passes at another base row (layers share templates): the same arrays
+        # with the rows shifted (commands without a row keep -1)
+        cmd, neg, _, row, col = _kernel_arrays(passes, 0, repeats, registers, gb_reuse)
+        return cmd, neg, neg, np.where(row >= 0, row + base_row, -1), col
     plan = kernel_plan(passes, registers, gb_reuse)
     parts = [_pass_commands(p, base_row, plan, i) for i, p in enumerate(passes)]
     if plan.final:
@@ -604,9 +609,32 @@ class AccessKernel:
                            None if spec is None else spec.dram.timing, stream)
         return stream
 
+    def timing_stream(self, spec):
+        """A stream whose commands, banks and rows are those of ``commands(spec)`` (its
+        columns may be another kernel's): all a scheduler that places commands by their
+        timing needs. Kernels that access the same banks and rows in the same order share
+        it (a V append into the next token column)."""
+        hit = _BY_ARRAYS.get((id(self.bank), id(self.row), id(self.col), self.name, self.what,
+                              self.banks_per_bankgroup, id(spec.dram.timing)))
+        if hit is not None:
+            return hit[-1]
+        key = (self.what, self.banks_per_bankgroup, id(spec.dram.timing),
+               np.ascontiguousarray(self.bank, dtype=np.int64).tobytes(),
+               np.ascontiguousarray(self.row, dtype=np.int64).tobytes())
+        hit = _BY_TIMING.get(key)
+        if hit is not None and hit[0] is spec.dram.timing:
+            return hit[1]
+        stream = self.commands(spec)
+        if len(_BY_TIMING) >= 16384:
+            _BY_TIMING.clear()
+        _BY_TIMING[key] = (spec.dram.timing, stream)
+        return stream
+
 
 #: access streams by the identity of their kernel's arrays (see AccessKernel.commands)
 _BY_ARRAYS: dict = {}
+#: access streams by their banks and rows (see AccessKernel.timing_stream)
+_BY_TIMING: dict = {}
 
 
 @functools.lru_cache(maxsize=4096)

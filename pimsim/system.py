@@ -487,8 +487,11 @@ class SystemSimulator:
             self._info.clear()
         kind = node_kind(item)
         if kind == KERNEL:
+            # the compiled scheduler places commands by cmd, bank and row only
+            timing = getattr(item, "timing_stream", None)
+            stream = timing(self.spec) if timing is not None else item.commands(self.spec)
             info = (item, 0, item.channel, _priority(item), getattr(item, "what", None),
-                    item.commands(self.spec), None)
+                    stream, None)
         elif kind == ASIC:
             cost = op_cost(self.spec.asic, item.kind, item.elements, getattr(item, "detail", None))
             info = (item, 1, len(self.channels), _priority(item), ASIC,
