@@ -16,6 +16,7 @@ import mappings
 import workloads
 from mappings.program import NO_ITEM, AccessKernel, AsicOp, FlatGraph, MacKernel, Transfer
 from pimsim.config import load_preset
+from pimsim.standard import CMD_ID
 
 pytestmark = pytest.mark.unit
 
@@ -344,3 +345,57 @@ def test_step_holds_the_nodes_the_placement_calls_for(model):
             if isinstance(it, (MacKernel, AccessKernel)):
                 near = [g.nodes[x]["item"] for x in (*g.pred[n], *g.succ[n])]
                 assert any(isinstance(t, Transfer) and t.channel == it.channel for t in near)
+
+
+def test_kernels_at_another_base_row_are_the_shifted_arrays():
+    """Layers share templates: a kernel's commands at base row b are those at base row 0
+    with b added to every row (ACT16, MAC16) and -1 kept where a command has no row; the
+    pass-level generator itself obeys that rule."""
+    from mappings.program import _pass_commands, kernel_plan
+
+    spec = load_preset("pim-gpt")
+    m = mappings.map(workloads.load_bundled("gpt2-small"), spec, max_context=128)
+    ks = [k for k in m.program(70).kernels() if isinstance(k, MacKernel)]
+    shifted = [k for k in ks if k.part.base_row != 0]
+    assert {k.what for k in shifted} == {"linear", "score", "context"}
+    for k in shifted:
+        b = k.part.base_row
+        plan = kernel_plan(k.passes, k.registers, k.gb_reuse)
+        rows = []
+        for i, p in enumerate(k.passes):
+            cmd_b, row_b, col_b = _pass_commands(p, b, plan, i)
+            cmd_0, row_0, col_0 = _pass_commands(p, 0, plan, i)
+            assert np.array_equal(cmd_b, cmd_0) and np.array_equal(col_b, col_0)
+            assert np.array_equal(row_b, np.where(row_0 >= 0, row_0 + b, -1))
+            rows.append(row_b)
+        s = k.commands(spec)
+        has_row = np.isin(s.cmd, [CMD_ID["ACT16"], CMD_ID["MAC16"]])
+        assert (s.row[has_row] >= b).all() and (s.row[~has_row] == -1).all()
+        # the kernel's rows are its passes' rows (read-outs and hoisting add none)
+        per_repeat = np.sort(np.concatenate(rows)[np.concatenate(rows) >= 0])
+        assert np.array_equal(np.sort(s.row[has_row]), np.sort(np.tile(per_repeat, k.repeats)))
+
+
+def test_timing_streams_carry_the_commands_banks_and_rows():
+    """An access kernel's timing stream has its commands, banks and rows; the V appends of
+    the next token column (other columns, the same banks and rows) share one."""
+    spec = load_preset("pim-gpt")
+    m = mappings.map(workloads.load_bundled("gpt2-small"), spec, max_context=128)
+    by_step = [{k.name: k for k in m.program(n).kernels() if isinstance(k, AccessKernel)}
+               for n in (48, 49)]
+    shared = 0
+    for name, a in by_step[0].items():
+        b = by_step[1].get(name)
+        ta = a.timing_stream(spec)
+        tb = b.timing_stream(spec) if b is not None else None
+        if b is not None and "v_cache" in name:
+            assert not np.array_equal(a.col, b.col)
+            if np.array_equal(a.bank, b.bank) and np.array_equal(a.row, b.row):
+                assert tb is ta
+                shared += 1
+        for k, t in ((a, ta), (b, tb)):
+            if k is not None:
+                c = k.commands(spec)
+                assert all(np.array_equal(getattr(t, f), getattr(c, f))
+                           for f in ("cmd", "bg", "ba", "row"))
+    assert shared > 0
