@@ -7,9 +7,12 @@ identical step statistics, timelines and channel states): the same events in the
 order, the same grant rule (least operator index, ready time, program position at the
 end of an instant) and the same channel kernel (:func:`pimsim.engine.kernel.run_channel`).
 Only the bookkeeping differs: command streams live in one arena (``Arena``), cut into
-pieces when long; runs of pieces and of whole streams are stored (``RunStore``) under the
-timing entries they read, relative to their first possible cycle, and replayed only
-after a value-by-value comparison of the key (:func:`_lookup`).
+pieces (and those into sub-pieces) when long, equal streams and pieces registered once;
+runs of sub-pieces, pieces and whole streams are stored (``RunStore``) under the timing
+entries they read, relative to their first possible cycle, and replayed only after a
+value-by-value comparison of the key (:func:`_lookup`). The replay paths are compiled
+without reference counting (``_nrt=False``): they create no arrays, and calls into them
+cost no atomic reference-count updates of the arrays they are handed.
 """
 
 from __future__ import annotations
