@@ -851,42 +851,33 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
         pc = plist[j]
         last_before = sc[0]
         nb = not_before if first < 0 else 0
-        if sub_n[pc] > 0:
-            hit, pkeyed, pbase, ph, pnk, f, re = _try_piece(pc, nb, memo_on, refresh_on, p_memo,
-                                                            lk, nx, chl, bufs[4], n_classes,
-                                                            counts, classes, look)
-            if hit:
-                misc[M_HITS] += 1
+        split = sub_n[pc] > 0       # issued in sub-pieces, its key kept in bufs[4]
+        hit, pkeyed, pbase, ph, pnk, f, re = _try_piece(pc, nb, memo_on, refresh_on, p_memo,
+                                                        lk, nx, chl, bufs[4] if split else
+                                                        bufs[2], n_classes, counts, classes,
+                                                        look)
+        if hit:
+            misc[M_HITS] += 1
+            issued_all = False
+            st = 0
+        elif split:
+            status, st, f, re, issued, n_ins = _issue_split(
+                pc, nb, ppos[j], pkeyed, pbase, ph, pnk, eng, arena, ch, memo_on, refresh_on,
+                store, bufs, class_of, n_classes, tail_of, counts, classes, misc, look)
+            if status != OK:
+                return status, 0, 0, 0
+            if not issued:
                 issued_all = False
-                st = 0
-            else:
-                status, st, f, re, issued, n_ins = _issue_split(
-                    pc, nb, ppos[j], pkeyed, pbase, ph, pnk, eng, arena, ch, memo_on,
-                    refresh_on, store, bufs, class_of, n_classes, tail_of, counts, classes,
-                    misc, look)
-                if status != OK:
-                    return status, 0, 0, 0
-                if not issued:
-                    issued_all = False
         else:
-            hit, pkeyed, pbase, ph, pnk, f, re = _try_piece(pc, nb, memo_on, refresh_on, p_memo,
-                                                            lk, nx, chl, bufs[2], n_classes,
-                                                            counts, classes, look)
-            if hit:
-                misc[M_HITS] += 1
+            status, st, f, re, n_ins = _run_piece(pc, nb, ppos[j], pkeyed, pbase, ph, pnk, eng,
+                                                  arena, ch, refresh_on, store, bufs, class_of,
+                                                  n_classes, tail_of, counts, classes)
+            if status != OK:
+                return status, 0, 0, 0
+            misc[M_ISSUED] += 1
+            misc[M_ISSUED_CMDS] += p_len[pc]
+            if n_ins > 0:
                 issued_all = False
-                st = 0
-            else:
-                status, st, f, re, n_ins = _run_piece(pc, nb, ppos[j], pkeyed, pbase,
-                                                      ph, pnk, eng, arena, ch, refresh_on,
-                                                      store, bufs, class_of, n_classes,
-                                                      tail_of, counts, classes)
-                if status != OK:
-                    return status, 0, 0, 0
-                misc[M_ISSUED] += 1
-                misc[M_ISSUED_CMDS] += p_len[pc]
-                if n_ins > 0:
-                    issued_all = False
         if first < 0:
             first = f
         else:
