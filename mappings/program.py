@@ -596,9 +596,7 @@ class AccessKernel:
         hit = _BY_ARRAYS.get(key)
         if hit is not None:
             return hit[-1]
-        lag = None
-        if spec is not None and self._runs.size > 1:
-            lag = lags(spec.dram.timing, self.what == "write")
+        lag = None if spec is None else lags(spec.dram.timing, self.what == "write")
         b, r, c = (np.ascontiguousarray(a, dtype=np.int64).tobytes()
                    for a in (self.bank, self.row, self.col))
         stream = _access_stream(self.name, self.what, self.banks_per_bankgroup, lag, b, r, c)
@@ -646,7 +644,8 @@ def _access_stream(name: str, what: str, bpg: int, lag, bank_b: bytes, row_b: by
     C = CMD_ID
     cmd, bg, ba, rows, cols, run_bank, run_len = _access_arrays(
         bank, row, col, bpg, C["RD" if what == "read" else "WR"], C["ACT"], C["PRE"])
-    if lag is not None:
+    # runs in a single bank follow each other whatever the pipelining
+    if lag is not None and run_bank.size > 1 and run_bank.min() != run_bank.max():
         d_col, d_pre = lag
         perm = pipelined_order(run_bank, run_len, int(bank.max()) + 1, d_col, d_pre)
         cmd, bg, ba, rows, cols = cmd[perm], bg[perm], ba[perm], rows[perm], cols[perm]

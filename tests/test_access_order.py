@@ -128,3 +128,17 @@ def test_run_by_run_stream_equals_plain_loop_twin(seed):
     got = list(zip(s.cmd.tolist(), s.bg.tolist(), s.ba.tolist(), s.row.tolist(), s.col.tolist()))
     assert got == _plain_runs(bank, row, col, what, 4)
     assert k.counts["ACT"] == k.counts["PRE"] == sum(1 for c in got if c[0] == CMD_ID["ACT"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_runs_in_one_bank_keep_their_order(seed):
+    """Runs that all use one bank follow each other whatever the lags (the access-stream
+    builder skips the pipelining for them)."""
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(2, 12))
+    run_len = rng.integers(1, 40, size=m).astype(np.int64)
+    bank = int(rng.integers(0, 16))
+    d_col = int(rng.integers(0, 6))
+    order = pipelined_order(np.full(m, bank, dtype=np.int64), run_len, 16, d_col,
+                            d_col + int(rng.integers(0, 8)))
+    assert np.array_equal(order, np.arange(int((run_len + 2).sum())))
