@@ -671,11 +671,18 @@ class _StepPlan:
             self.asic_counts[t] = info[6]
 
     def _dyn_transfer_sums(self, infos) -> None:
+        """Bytes and count of the step-dependent transfers, per direction."""
         out: dict = {}
         for info in infos:
             if info[1] == 2:
-                out[info[5]] = out.get(info[5], 0) + info[6]
+                b, k = out.get(info[5], (0, 0))
+                out[info[5]] = (b + info[6], k + 1)
         self.dyn_transfers = out
+
+    def _transfer_changed(self, old: tuple, new: tuple) -> None:
+        for info, sign in ((old, -1), (new, 1)):
+            b, k = self.dyn_transfers.get(info[5], (0, 0))
+            self.dyn_transfers[info[5]] = (b + sign * info[6], k + sign)
 
     def update(self, sim: SystemSimulator, items_all: list) -> None:
         get, info_of = sim._info.get, sim._node_info
@@ -690,6 +697,8 @@ class _StepPlan:
             prev[i] = it
             changed = True
             info = get(id(it)) or info_of(it)
+            if info[1] == 2 and self.infos[v][1] == 2:
+                self._transfer_changed(self.infos[v], info)
             self.infos[v] = info
             t = self.topo_of[v]
             if t >= 0:
@@ -703,7 +712,6 @@ class _StepPlan:
         if not changed:
             return
         self.cats_present.update(self.cat_names)
-        self._dyn_transfer_sums([self.infos[v] for v in self.dyn_pos])
         if kernels and self.generation == sim._compiled.arena.generation:
             before = sim._compiled.arena.generation
             sids = sim._compiled.sids([self.streams[t] for t in kernels])
@@ -723,8 +731,9 @@ class _StepPlan:
 
     def transfer_sums(self) -> dict:
         out = dict(self.static_transfers)
-        for d, v in self.dyn_transfers.items():
-            out[d] = out.get(d, 0) + v
+        for d, (v, k) in self.dyn_transfers.items():
+            if k:
+                out[d] = out.get(d, 0) + v
         return out
 
     def timeline(self, sim: SystemSimulator, stats: StepStats, starts: list, ends: list) -> None:
