@@ -163,6 +163,7 @@ class Arena:
         self.read_ptr = _Vec()      # per piece: the timing entries its commands read
         self.read_ptr.append(0)
         self.read_idx = _Vec()
+        self.read_first = _Vec()    # ... and the first command (index in the piece) reading each
         self.win_to = _Vec()        # per piece and window: does a command wait on it
         self.win_from = _Vec()      # per piece and window: commands entering it
         self.sub_lo = _Vec()        # per piece: its first sub-piece, and how many
@@ -238,11 +239,12 @@ class Arena:
             spans += [(a, b, 0, 0) for a, b in zip(sc[:-1], sc[1:])] if k else []
             nxt += 1 + k
         sp = np.array(spans, dtype=np.int64).reshape(-1, 4)
-        ptr, read, memo, wto, wfrom = _piece_reads(cmd, bg, ba, sp[:, 0], sp[:, 1],
-                                                   self.addr_all, self.n_bg, self.bpg,
-                                                   self.w_to, self.w_from, KEY_MAX)
+        ptr, read, first_read, memo, wto, wfrom = _piece_reads(
+            cmd, bg, ba, sp[:, 0], sp[:, 1], self.addr_all, self.n_bg, self.bpg, self.w_to,
+            self.w_from, KEY_MAX, self.tmod)
         self.read_ptr.extend(self.read_idx.n + ptr[1:])
         self.read_idx.extend(read)
+        self.read_first.extend(first_read)
         self.win_to.extend(wto.ravel())
         self.win_from.extend(wfrom.ravel())
         self.piece_off.extend(u + sp[:, 0])
@@ -272,7 +274,7 @@ class Arena:
                 self.piece_off.view, self.piece_len.view, self.piece_memo.view,
                 self.read_ptr.view, self.read_idx.view, self.win_to.view, self.win_from.view,
                 self.whole.view, self.plist.view, self.sub_lo.view, self.sub_n.view,
-                self.ppos.view)
+                self.ppos.view, self.read_first.view)
 
 
 @njit(cache=True)
@@ -322,49 +324,66 @@ def _same(a_cmd, a_bg, a_ba, a_row, off, cmd, bg, ba, row, lo, hi):
 
 
 @njit(cache=True)
-def _piece_reads(cmd, bg, ba, los, his, addr_all, n_bg, bpg, win_to, win_from, key_max):
+def _piece_reads(cmd, bg, ba, los, his, addr_all, n_bg, bpg, win_to, win_from, key_max, tmod):
     """Per span cmd[los[s]:his[s]]: the flat indices (row x NC + command) of the
     timing-table entries the engine reads to place its commands, increasing (rows 0 and 1
     for an all-bank command; row 0, its bank group's and its bank's row otherwise, see
-    pimsim.engine.kernel._earliest), kept only for spans reading at most ``key_max``
-    (``memo``); per window, whether a command waits on it and how many commands enter it.
-    Returns (read pointers, reads, memo, waits, entries)."""
+    pimsim.engine.kernel._earliest), with the index in the span of the first command whose
+    placement reads each (a command after a TMOD is also read when the TMOD looks ahead),
+    kept only for spans reading at most ``key_max`` (``memo``); per window, whether a
+    command waits on it and how many commands enter it. Returns (read pointers, reads,
+    first readers, memo, waits, entries)."""
     n_rows = 2 + n_bg + n_bg * bpg
     n_sp = los.shape[0]
     n_win = win_to.shape[0]
-    seen = np.zeros(n_rows * NC, dtype=np.uint8)
+    first = np.full(n_rows * NC, -1, dtype=np.int64)
     ptr = np.zeros(n_sp + 1, dtype=np.int64)
     memo = np.zeros(n_sp, dtype=np.int64)
-    out = np.empty(n_sp * min(key_max, n_rows * NC), dtype=np.int64)
+    size = n_sp * min(key_max, n_rows * NC)
+    out = np.empty(size, dtype=np.int64)
+    out_first = np.empty(size, dtype=np.int64)
     wto = np.zeros((n_sp, n_win), dtype=np.int64)
     wfrom = np.zeros((n_sp, n_win), dtype=np.int64)
     for s in range(n_sp):
-        seen[:] = 0
-        for i in range(los[s], his[s]):
+        first[:] = -1
+        lo = los[s]
+        for i in range(lo, his[s]):
             c = cmd[i]
-            seen[c] = 1
+            r = i - lo
+            if r > 0 and cmd[i - 1] == tmod:
+                r -= 1
+            e0 = c
             if addr_all[c]:
-                seen[NC + c] = 1
+                e1 = NC + c
+                e2 = -1
             else:
-                seen[(2 + bg[i]) * NC + c] = 1
-                seen[(2 + n_bg + bg[i] * bpg + ba[i]) * NC + c] = 1
+                e1 = (2 + bg[i]) * NC + c
+                e2 = (2 + n_bg + bg[i] * bpg + ba[i]) * NC + c
+            if first[e0] < 0:
+                first[e0] = r
+            if first[e1] < 0:
+                first[e1] = r
+            if e2 >= 0 and first[e2] < 0:
+                first[e2] = r
             for w in range(n_win):
                 if win_to[w, c]:
                     wto[s, w] = 1
                 if win_from[w, c]:
                     wfrom[s, w] += 1
         count = 0
-        for q in range(seen.shape[0]):
-            count += seen[q]
+        for q in range(first.shape[0]):
+            if first[q] >= 0:
+                count += 1
         m = ptr[s]
         if count <= key_max:
             memo[s] = 1
-            for q in range(seen.shape[0]):
-                if seen[q]:
+            for q in range(first.shape[0]):
+                if first[q] >= 0:
                     out[m] = q
+                    out_first[m] = first[q]
                     m += 1
         ptr[s + 1] = m
-    return ptr, out[:ptr[n_sp]], memo, wto, wfrom
+    return ptr, out[:ptr[n_sp]], out_first[:ptr[n_sp]], memo, wto, wfrom
 
 
 class RunStore:
@@ -428,19 +447,20 @@ def _lookup(pc, base, lk, chl, refresh_on, key, n_classes, counts, classes, look
     Returns (replayed, key hash, key length, first issue cycle, last read's data end).
 
     A run depends on the channel only through the timing entries its commands read and
-    the activate windows they wait on, relative to ``base`` (limits at or before it bind
-    nothing), and, through refresh, on whether a refresh falls due or a row waits to be
+    the activate windows they wait on, relative to ``base``, and, through refresh, on whether a refresh falls due or a row waits to be
     re-opened. A run that met neither is stored with what it raised (the engine only ever
     raises limits, to issue cycle + latency), the window events it added and the rows it
     left open; it replays when the same piece finds the same relative entries and windows,
     nothing waiting to re-open (the caller checks), and the next refresh due after its
-    last command.
+    last command. Command k of a run issues no earlier than ``base + k``, so an entry read
+    first by command k (by k - 1 where a TMOD looks ahead at it) binds nothing at or before
+    that cycle: the key holds each entry relative to it, clipped at 0.
 
     ``lk``: the arena's read sets and window flags, the window latencies and sizes, the
-    store's index and pool; ``chl``: the channel state (flat timing table, windows, open
+    store's index and pool, the read sets' first readers; ``chl``: the channel state (flat timing table, windows, open
     rows, scalars). Compiled without reference counting (it creates no arrays), so calling
     it costs no atomic reference-count updates of the arrays it is given."""
-    r_ptr, r_idx, p_wto, p_wfrom, win_lat, win_size, index, pool = lk
+    r_ptr, r_idx, p_wto, p_wfrom, win_lat, win_size, index, pool, r_first = lk
     flat, ring, wcount, whead, open_row, sc = chl
     n_banks = open_row.shape[0]
     n_win = win_size.shape[0]
@@ -448,7 +468,7 @@ def _lookup(pc, base, lk, chl, refresh_on, key, n_classes, counts, classes, look
     nk = 1
     r0 = r_ptr[pc]
     for q in range(r_ptr[pc + 1] - r0):
-        v = flat[r_idx[r0 + q]] - base
+        v = flat[r_idx[r0 + q]] - base - r_first[r0 + q]
         key[nk] = v if v > 0 else 0
         nk += 1
     for w in range(n_win):
@@ -727,7 +747,8 @@ def _raise(out, i, v):
 @njit(cache=True, inline="always")
 def _lookup_tables(eng, arena, store):
     """The tables :func:`_lookup` reads."""
-    return (arena[8], arena[9], arena[10], arena[11], eng[14], eng[15], store[0], store[1])
+    return (arena[8], arena[9], arena[10], arena[11], eng[14], eng[15], store[0], store[1],
+            arena[17])
 
 
 @njit(cache=True)
