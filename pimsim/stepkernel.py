@@ -859,10 +859,12 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
         if keyed:
             before[:n_c] = counts
             before[n_c:n_c + n_classes] = classes
-    # the run that would first store the whole stream issues every piece (pieces shared
-    # with earlier streams would otherwise replay, and a run with replayed pieces is not
-    # stored whole)
-    look = not (keyed and runs[pw] == STORE_FROM)
+    # a run that could store the whole stream issues every piece (a run with replayed
+    # pieces is not stored whole): the first such run, and then the runs after 2, 4, 8 ...
+    # misses, so that a stream met in several channel states (several channels, or a
+    # state that recurs only after the pieces were stored) is stored whole for them too
+    m = runs[pw]
+    look = not (keyed and m >= STORE_FROM and (m & (m - 1)) == 0)
     stall = 0
     first = -1
     read_end = -1
