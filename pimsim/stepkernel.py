@@ -49,6 +49,9 @@ CHUNK = 512
 #: falls due in it), so that only the sub-pieces around the refresh are issued
 SUB = 64
 _HASH_MUL = 1099511628211
+#: the arena is also cleared when it holds this many command arrays (streams, and arrays
+#: found equal to a registered stream)
+KEEP_MAX = 1 << 18
 
 
 @njit(cache=True)
@@ -130,7 +133,7 @@ class Arena:
     a piece equal to a piece of an earlier stream is that piece, so a stream that differs
     from an earlier one only in its last part shares the pieces before it, and their
     stored runs. Stored runs are kept per piece. Cleared (with the stored runs keyed by it)
-    when it would pass ``limit`` commands."""
+    when it would pass ``limit`` commands or hold KEEP_MAX command arrays."""
 
     def __init__(self, win_to: np.ndarray, win_from: np.ndarray, tmod: int,
                  addr_all: np.ndarray, n_bg: int, bpg: int, limit: int = 1 << 25,
@@ -186,7 +189,7 @@ class Arena:
             return -1
         cmd, bg, ba, row = (np.ascontiguousarray(x, dtype=np.int64)
                             for x in (stream.cmd, stream.bg, stream.ba, stream.row))
-        if self.cmd.n + n > self.limit and self.cmd.n:
+        if (self.cmd.n + n > self.limit and self.cmd.n) or len(self.keep) >= KEEP_MAX:
             self._clear()
         key = (_hash_span(cmd, bg, ba, row, 0, n), n)
         for s in self.streams.get(key, ()):
