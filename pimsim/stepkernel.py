@@ -791,9 +791,9 @@ def _issue_split(pc, not_before, pos, keyed, base, h, nk, eng, arena, ch, memo_o
             st = 0
         else:
             status, st, f, re, n_ins = _run_piece(q, nb, pos + p_off[q] - p_off[pc], qkeyed,
-                                                  qbase, qh,
-                                                  qnk, eng, arena, ch, refresh_on, store, bufs,
-                                                  class_of, n_classes, tail_of, counts, classes)
+                                                  qbase, qh, qnk, eng, arena, ch, refresh_on,
+                                                  store, bufs, class_of, n_classes, tail_of,
+                                                  counts, classes)
             if status != OK:
                 return status, 0, 0, -1, False, 0
             misc[M_ISSUED] += 1
@@ -1098,9 +1098,9 @@ def run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod
                 # a kernel granted its channel: postponed refreshes first, then its commands
                 # (replayed in one where a stored run applies, else issued)
                 c = kchan[x]
-                nf, need, not_before, prev0 = _refresh_before(c, now, tck, postpone, pull_in, rfc,
-                                                       interval, all_ptr, all_to, all_lat,
-                                                       chans, fl_cmd, fl_cyc)
+                nf, need, not_before, prev0 = _refresh_before(
+                    c, now, tck, postpone, pull_in, rfc, interval, all_ptr, all_to, all_lat,
+                    chans, fl_cmd, fl_cyc)
                 if nf == -2:
                     fl_cmd = np.zeros(2 * need, dtype=np.int64)
                     fl_cyc = np.zeros(2 * need, dtype=np.int64)
