@@ -16,3 +16,7 @@ class ConfigError(PimsimError):
 
 class TraceFormatError(PimsimError):
     """A command file (or other trace) is malformed."""
+
+
+class OutputError(PimsimError):
+    """An output file or folder cannot be written."""

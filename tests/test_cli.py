@@ -137,3 +137,55 @@ def test_presets_listing_and_show(capsys):
     assert main(["presets", "pim-gpt"]) == 0
     out = capsys.readouterr().out
     assert "timing.nRCDRDMAC" in out and "AiM" in out and "timing.nMAC" in out
+
+
+@pytest.mark.parametrize("argv,folder", [
+    (["simulate", "gpt2-small", "--tokens", "1"], True),
+    (["functional", "gpt2-small", "--steps", "1"], True),
+    (["validate", "--quick"], True),
+    (["sweep", "sweep.yaml"], True),
+    (["replay"], False),
+    (["trace", "--model", "gpt2-small"], False),
+])
+def test_an_unwritable_out_fails_before_any_work(tmp_path, capsys, argv, folder):
+    """--out under a regular file: exit 2 with one line naming it, from the check made
+    before the run (its message starts with the option), and nothing written."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("keep\n")
+    out = blocker / ("dir" if folder else "out.txt")
+    assert main(argv + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"pimsim: error: --out {out}: {blocker} is not a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert blocker.read_text() == "keep\n"
+
+
+def test_replay_out_that_is_a_folder(tmp_path, capsys):
+    assert main(["replay", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"pimsim: error: --out {tmp_path}: is a folder, not a file\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_files_are_written_all_or_none(tmp_path, capsys):
+    """A clash found when the files are written (a folder where steps.csv goes) leaves
+    none of them, and no temporary file, in the output folder."""
+    out = tmp_path / "o"
+    (out / "steps.csv").mkdir(parents=True)
+    assert main(["simulate", "gpt2-small", "--prompt", "8", "--tokens", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"pimsim: error: {out / 'steps.csv'}: is a folder, not a file\n"
+    assert [p.name for p in out.iterdir()] == ["steps.csv"]
+
+
+def test_write_all_leaves_nothing_when_a_write_fails(tmp_path):
+    from pimsim.errors import OutputError
+    from pimsim.io import write_all
+
+    out = tmp_path / "new" / "folder"
+    with pytest.raises(TypeError):
+        write_all(out, {"a.json": b"{}", "b.csv": 3})      # the second file cannot be written
+    assert list(tmp_path.iterdir()) == []             # the folders it made are gone too
+    write_all(out, {"a.json": b"{}", "b.csv": b"x\n"})
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.csv"]
+    with pytest.raises(OutputError, match="is not a folder"):
+        write_all(out / "a.json" / "x", {"c": b""})

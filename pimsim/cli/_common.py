@@ -26,15 +26,19 @@ def progress_bar(verb: str, unit: str):
 
 
 def write_files(out: str, files: dict[str, bytes]) -> None:
-    """Write ``files`` (name -> bytes, all computed first) into directory ``out``, each
-    atomically."""
-    from pathlib import Path
+    """Write ``files`` (name -> bytes, all computed first) into directory ``out``, all or
+    none."""
+    from pimsim.io import write_all
 
-    from pimsim.io import atomic_write
+    write_all(out, files)
 
-    for name, data in files.items():
-        with atomic_write(Path(out) / name, "wb") as fh:
-            fh.write(data)
+
+def check_out(path: str | None, folder: bool) -> None:
+    """Fail before any work when ``--out`` names a place that cannot be written."""
+    if path:
+        from pimsim.io import check_output
+
+        check_output(path, folder=folder, what=f"--out {path}")
 
 
 def add_preset_arguments(p, example: str = "") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from pimsim.cli._common import add_preset_arguments, progress_bar, write_files
+from pimsim.cli._common import add_preset_arguments, check_out, progress_bar, write_files
 from pimsim.errors import PimsimError
 
 
@@ -36,6 +36,7 @@ def run(args) -> int:
     from pimsim.functional import APPROXIMATIONS
     from pimsim.functional import run as run_functional
 
+    check_out(args.out, folder=True)
     _need_models()
     exact = set(args.exact)
     if args.exact_nonlinear:

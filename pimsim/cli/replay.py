@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from pimsim.cli._common import add_spec_arguments, load_spec
+from pimsim.cli._common import add_spec_arguments, check_out, load_spec
 from pimsim.errors import PimsimError
 
 DEFAULT_DEMO_ROWS = 64
@@ -40,6 +40,7 @@ def run(args) -> int:
     from pimsim.io import atomic_write
 
     t_start = time.perf_counter()
+    check_out(args.out, folder=False)
     spec = load_spec(args)
     demo = args.file is None
     if demo:

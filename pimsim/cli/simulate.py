@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from pimsim.cli._common import add_preset_arguments, progress_bar, write_files
+from pimsim.cli._common import add_preset_arguments, check_out, progress_bar, write_files
 from pimsim.errors import PimsimError
 
 DEFAULT_MODEL = "gpt2-small"
@@ -36,6 +36,7 @@ def run(args) -> int:
 
     if args.timeline and not args.out:
         raise PimsimError("--timeline needs --out DIR")
+    check_out(args.out, folder=True)
     result = simulate(args.model, preset=args.preset, overrides=args.overrides,
                       prompt=args.prompt, tokens=args.tokens, strategy=args.strategy,
                       timeline=args.timeline, check=args.check, progress=progress_bar("simulating", "tokens"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pimsim.cli._common import progress_bar
+from pimsim.cli._common import check_out, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -36,6 +36,7 @@ def run(args) -> int:
     if args.scheduler and args.workers is not None:
         raise PimsimError("--workers applies to the local pool; a --scheduler cluster has its own workers")
     out = args.out or str(Path("results") / Path(args.file).stem)
+    check_out(out, folder=True)
     result = sweep(args.file, workers=args.workers, scheduler=args.scheduler, out=out,
                    resume=args.resume, progress=progress_bar("sweeping", "points"))
     ran = len(result.rows) - result.skipped

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from pimsim.cli._common import check_out
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         return _check(args)
     if not args.out:
         raise PimsimError("trace: --out: missing (where to write the trace)")
+    check_out(args.out, folder=False)
     return _trace(args)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pimsim.cli._common import progress_bar, write_files
+from pimsim.cli._common import check_out, progress_bar, write_files
 
 PAPER_MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
                 "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl"]
@@ -32,6 +32,7 @@ def run(args) -> int:
     tokens = args.tokens if args.tokens is not None else (1 if args.quick else 4)
     if tokens < 1 or args.prompt < 0:
         raise PimsimError(f"--tokens must be positive and --prompt non-negative, got {tokens}, {args.prompt}")
+    check_out(args.out, folder=True)
     models = QUICK_MODELS if args.quick else PAPER_MODELS
     # GPT2-XL needs 8 channels to fit (4 GB); the quick run scales GPT-2 small from 4
     runs = collect(models, prompt=args.prompt, tokens=tokens,
