@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from pimsim.errors import PimsimError
 
@@ -68,7 +68,7 @@ def load_model(model) -> object:
                       f"or a trace .json file)")
 
 
-def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), prompt: int = 32,
+def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mapping = (), prompt: int = 32,
              tokens: int = 8, strategy: str = "pim-gpt", timeline: bool = False,
              check: bool = False, replay: bool = True, scheduler: str = "compiled",
              progress: Callable[[int, int], None] | None = None) -> SimulationResult:
@@ -93,7 +93,7 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] = (), p
         raise PimsimError(f"prompt must be a non-negative number of tokens, got {prompt!r}")
     if not isinstance(tokens, int) or tokens < 1:
         raise PimsimError(f"tokens must be a positive number of decode steps, got {tokens!r}")
-    spec = load_preset(preset, list(overrides))
+    spec = load_preset(preset, overrides)
     trace = load_model(model)
     limit = mappings.model_context(trace)
     if limit is not None and prompt + tokens > limit:

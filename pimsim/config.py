@@ -422,6 +422,27 @@ def parse_override(text: str) -> tuple[str, Any]:
     return path, value
 
 
+def override_texts(overrides) -> list[str]:
+    """Overrides as ``KEY=VALUE`` texts: from an iterable of such texts, or from a mapping
+    ``{key: value}`` (values written as YAML scalars, so they read back as given)."""
+    if isinstance(overrides, Mapping):
+        out = []
+        for key, value in overrides.items():
+            if isinstance(value, (dict, list, tuple, set)):
+                raise ConfigError(f"overrides: {key}: value must be a scalar, got {value!r}")
+            text = value if isinstance(value, str) else yaml.safe_dump(value).splitlines()[0]
+            out.append(f"{key}={text}")
+        return out
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(f"overrides: expected a list of KEY=VALUE texts or a mapping, "
+                          f"got the single text {overrides!r}")
+    out = list(overrides)
+    for text in out:
+        if not isinstance(text, str):
+            raise ConfigError(f"overrides: expected KEY=VALUE texts, got {text!r}")
+    return out
+
+
 def _apply_overrides(doc: dict, overrides: Iterable[str]) -> dict[str, str]:
     applied: dict[str, str] = {}
     for text in overrides:
@@ -461,13 +482,16 @@ def preset_path(name_or_path: str | Path) -> tuple[Path, str]:
     raise ConfigError(f"unknown preset {text!r} (bundled: {', '.join(preset_names())}; or give a YAML file)")
 
 
-def load_preset(name_or_path: str | Path = "pim-gpt", overrides: Iterable[str] = ()) -> SystemSpec:
-    """Load a preset by bundled name or path, apply ``--set`` overrides, validate, freeze."""
+def load_preset(name_or_path: str | Path = "pim-gpt",
+                overrides: Iterable[str] | Mapping[str, Any] = ()) -> SystemSpec:
+    """Load a preset by bundled name or path, apply ``--set`` overrides (``KEY=VALUE``
+    texts, or a mapping ``{key: value}``), validate, freeze."""
+    texts = override_texts(overrides)
     path, label = preset_path(name_or_path)
     doc = _read_yaml(path, label)
     if not isinstance(doc, dict):
         raise ConfigError(f"{label}: a preset must be a YAML mapping")
-    applied = _apply_overrides(doc, overrides)
+    applied = _apply_overrides(doc, texts)
     ctx = _Ctx(label, applied)
     return _build_preset(doc, ctx)
 

@@ -64,6 +64,30 @@ def test_override_goes_through_validation():
     assert load_preset("pim-gpt", ["organization.channels=16"]).dram.channels == 16
 
 
+def test_overrides_as_a_mapping_read_as_the_same_texts():
+    """From Python, ``{key: value}`` gives the spec that the ``KEY=VALUE`` texts give."""
+    texts = ["timing.nRP=30", "refresh.policy=off", "asic.clock_MHz=500.0", "pim.gb_reuse=false",
+             "organization.channels=16"]
+    mapped = {"timing.nRP": 30, "refresh.policy": "off", "asic.clock_MHz": 500.0,
+              "pim.gb_reuse": False, "organization.channels": 16}
+    a, b = load_preset("pim-gpt", texts), load_preset("pim-gpt", mapped)
+    assert a.digest == b.digest != load_preset("pim-gpt").digest
+    assert b.dram.timing["nRP"] == 30 and b.dram.channels == 16 and b.asic.clock_MHz == 500.0
+    with pytest.raises(ConfigError, match=r"--set timing.nRP=-3: must be a non-negative integer"):
+        load_preset("pim-gpt", {"timing.nRP": -3})
+
+
+@pytest.mark.parametrize("overrides,pattern", [
+    ("timing.nRP=30", r"overrides: expected a list of KEY=VALUE texts or a mapping, got the "
+                      r"single text 'timing.nRP=30'"),
+    ([30], r"overrides: expected KEY=VALUE texts, got 30"),
+    ({"timing.nRP": [30]}, r"overrides: timing.nRP: value must be a scalar, got \[30\]"),
+])
+def test_overrides_of_the_wrong_shape(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_preset("pim-gpt", overrides)
+
+
 @pytest.mark.parametrize("override,pattern", [
     ("timing.nRP=-3", r"--set timing.nRP=-3: must be a non-negative integer \(cycles\), got -3"),
     ("timing.nRP=3.5", r"--set timing.nRP=3.5: .*got 3.5"),

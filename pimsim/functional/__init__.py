@@ -122,7 +122,7 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
                           f"model code), got {model!r}; known: {', '.join(workloads.model_names())}")
     trace = workloads.load_bundled(model)
     check_supported(trace)
-    spec = load_preset(preset, list(overrides))
+    spec = load_preset(preset, overrides)
     first = prompt                  # position of the first decode step
     positions = first + steps
     vocab = int(trace.config.get("vocab_size"))
