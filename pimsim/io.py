@@ -80,28 +80,34 @@ def _publish(tmp: str, target: Path) -> None:
 
 
 def write_all(folder: str | os.PathLike, files: dict[str, bytes]) -> None:
-    """Write ``files`` (name -> bytes) into ``folder`` all or none: every file goes to a
-    temporary file first, and they are moved into place only when all are written."""
+    """Write ``files`` (relative path -> bytes) under ``folder`` all or none: every file goes
+    to a temporary file first, and they are moved into place only when all are written.
+    Folders made on the way are removed again when something fails."""
     out = Path(folder)
     check_output(out, folder=True)
-    for name in files:
-        if (out / name).is_dir():
-            raise OutputError(f"{out / name}: is a folder, not a file")
-    created = [d for d in (out, *out.parents) if not d.exists()]   # deepest first
+    targets = {name: out / name for name in files}
+    for target in targets.values():
+        if target.is_dir():
+            raise OutputError(f"{target}: is a folder, not a file")
+    created: list[Path] = []          # folders this call made, parents first
     tmps: dict[str, str] = {}
     try:
-        out.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
-            fd, tmps[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            parent = targets[name].parent
+            missing = [d for d in (parent, *parent.parents) if not d.exists()]
+            parent.mkdir(parents=True, exist_ok=True)
+            created += reversed(missing)
+            fd, tmps[name] = tempfile.mkstemp(prefix=f".{targets[name].name}.", suffix=".tmp",
+                                              dir=parent)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
         for name in files:
-            _publish(tmps.pop(name), out / name)
+            _publish(tmps.pop(name), targets[name])
     except BaseException as exc:
         for tmp in tmps.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        for d in created:
+        for d in reversed(created):
             with contextlib.suppress(OSError):
                 d.rmdir()
         if isinstance(exc, OSError):

@@ -185,7 +185,11 @@ def test_write_all_leaves_nothing_when_a_write_fails(tmp_path):
     with pytest.raises(TypeError):
         write_all(out, {"a.json": b"{}", "b.csv": 3})      # the second file cannot be written
     assert list(tmp_path.iterdir()) == []             # the folders it made are gone too
-    write_all(out, {"a.json": b"{}", "b.csv": b"x\n"})
-    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.csv"]
+    with pytest.raises(TypeError):
+        write_all(out, {"figures/a.png": b"", "figures/deeper/b.png": None})
+    assert list(tmp_path.iterdir()) == []
+    write_all(out, {"a.json": b"{}", "b.csv": b"x\n", "figures/c.png": b"png"})
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.csv", "figures"]
+    assert (out / "figures" / "c.png").read_bytes() == b"png"
     with pytest.raises(OutputError, match="is not a folder"):
         write_all(out / "a.json" / "x", {"c": b""})
