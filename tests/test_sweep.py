@@ -148,8 +148,11 @@ def test_two_local_workers_and_dask_give_identical_tables(grid_file, reference, 
     import distributed  # installed by the test extra
     pool = tmp_path / "pool"
     assert main(["sweep", str(grid_file), "--workers", "2", "--out", str(pool)]) == 0
-    assert "12 of 12 points (12 run, 0 already finished), 12 ok, 0 failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "12 of 12 points (12 run, 0 already finished), 12 ok, 0 failed" in out
+    assert f"wrote results.csv, results.jsonl, results.png in {pool}" in out
     assert _files(pool) == reference
+    assert (pool / "results.png").read_bytes().startswith(b"\x89PNG")
 
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        host="127.0.0.1", dashboard_address=None)
@@ -160,6 +163,7 @@ def test_two_local_workers_and_dask_give_identical_tables(grid_file, reference, 
     finally:
         cluster.close()
     assert _files(dask) == reference
+    assert (dask / "results.png").read_bytes() == (pool / "results.png").read_bytes()
 
     rows = [json.loads(line) for line in reference[sweeps.TABLE_JSONL].decode().splitlines()]
     assert [r["index"] for r in rows] == list(range(12))
@@ -167,6 +171,31 @@ def test_two_local_workers_and_dask_give_identical_tables(grid_file, reference, 
     header = reference[sweeps.TABLE_CSV].decode().splitlines()[0].split(",")
     assert header[:len(sweeps.LEAD_COLUMNS)] == list(sweeps.LEAD_COLUMNS)
     assert {"tokens_per_s", "energy_per_token_J.nominal", "row_hit_rate"} <= set(header)
+
+
+@pytest.mark.e2e
+def test_results_figure_has_the_front_and_a_panel_per_axis(reference):
+    """tokens/s vs energy with the Pareto front ringed, then latency per token against
+    each axis: numbers on a numeric axis, labels in plan order on a text one."""
+    from pimsim.cli.sweep import results_figure
+
+    rows = [json.loads(line) for line in reference[sweeps.TABLE_JSONL].decode().splitlines()]
+    result = sweeps.SweepResult("grid12", rows, axes=("asic.clock_MHz", "refresh.policy",
+                                                      "pim.mac_lanes"), total=12)
+    fig = results_figure(result)
+    pareto, *panels = fig.axes
+    assert [ax.get_title() for ax in panels] == ["asic.clock_MHz", "refresh.policy", "pim.mac_lanes"]
+    points, ringed = (c.get_offsets() for c in pareto.collections)
+    front = sweeps.pareto_front(rows)
+    assert len(points) == 12 and 1 <= len(front) < 12
+    assert [tuple(p) for p in ringed] == [(r["tokens_per_s"], r["energy_per_token_J.nominal"] * 1e3)
+                                          for r in front]
+    clock, policy, lanes = ([tuple(p) for p in ax.collections[0].get_offsets()] for ax in panels)
+    assert clock == [(r["asic.clock_MHz"], r["latency_per_token_s"] * 1e6) for r in rows]
+    assert [t.get_text() for t in panels[1].get_xticklabels()] == ["off", "ab"]
+    assert policy == [(0.0 if r["refresh.policy"] == "off" else 1.0, r["latency_per_token_s"] * 1e6)
+                      for r in rows]
+    assert sorted({x for x, _ in lanes}) == [8.0, 16.0]
 
 
 @pytest.mark.e2e
