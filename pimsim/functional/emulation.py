@@ -63,14 +63,20 @@ def _tree16(p):
 
 def _partials(w_chunks, x_chunks, valid):
     """Sequential FP32 accumulation of tree16(w * x) over axis 1 where ``valid``
-    (``valid=None``: every chunk)."""
+    (``valid=None``: every chunk), starting from +0.
+
+    ``numpy.add.accumulate`` adds in order (each running sum is an output), so it gives the
+    left-to-right sums exactly. A skipped chunk adds +0 instead, which leaves every running
+    sum unchanged: a sum that starts at +0 never becomes -0 under round-to-nearest."""
     import torch
 
-    t = _tree16(w_chunks * x_chunks)                       # (P, L)
-    acc = torch.zeros(t.shape[0], dtype=torch.float32)
-    for s in range(t.shape[1]):
-        acc = acc + t[:, s] if valid is None else torch.where(valid[:, s], acc + t[:, s], acc)
-    return acc
+    t = _tree16(w_chunks * x_chunks).detach()              # (P, L)
+    if valid is not None:
+        t = torch.where(valid, t, torch.zeros((), dtype=torch.float32))
+    steps = np.empty((t.shape[1] + 1, t.shape[0]), dtype=np.float32)
+    steps[0] = 0.0
+    steps[1:] = t.numpy().T
+    return torch.from_numpy(np.add.accumulate(steps, axis=0)[-1].copy())
 
 
 def _ordered(n, index, vals):
