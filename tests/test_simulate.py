@@ -50,6 +50,13 @@ def test_cli_writes_files_and_identical_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "latency per token" in out and "energy per token" in out
     assert (a / "result.json").read_bytes() == (b / "result.json").read_bytes()
+    # the bounds line gives the latency's distance from each bound, from the JSON's numbers
+    d = json.loads((a / "result.json").read_text())
+    lat, bounds = d["latency_per_token_s"], d["bounds"]
+    line = next(l for l in out.splitlines() if l.strip().startswith("bounds"))
+    assert (f"DRAM timing {bounds['dram_timing_bound_s'] * 1e6:,.1f} us "
+            f"(latency {(lat / bounds['dram_timing_bound_s'] - 1) * 100:+.1f} %)") in line
+    assert f"({(lat / bounds['bandwidth_bound_s'] - 1) * 100:+.1f} %)" in line
     names = {p.name for p in a.iterdir()}
     assert names == {"result.json", "steps.csv", "latency_breakdown.png", "latency_by_position.png",
                      "energy_breakdown.png", "timeline.json"}

@@ -57,8 +57,10 @@ def summary(result, out, files) -> str:
         f"{s['model']} on {s['preset']} ({s['strategy']} mapping), {s['decode_tokens']} "
         f"token{'s' if s['decode_tokens'] != 1 else ''} after a {s['prompt_tokens']}-token context",
         f"  latency per token   {s['latency_per_token_s'] * 1e6:,.1f} us  ({s['tokens_per_s']:,.0f} tokens/s)",
-        f"  bounds              DRAM timing {b['dram_timing_bound_s'] * 1e6:,.1f} us, "
-        f"bandwidth {b['bandwidth_bound_s'] * 1e6:,.1f} us",
+        f"  bounds              DRAM timing {b['dram_timing_bound_s'] * 1e6:,.1f} us "
+        f"(latency {_over(s['latency_per_token_s'], b['dram_timing_bound_s'])}), "
+        f"bandwidth {b['bandwidth_bound_s'] * 1e6:,.1f} us "
+        f"({_over(s['latency_per_token_s'], b['bandwidth_bound_s'])})",
         "  breakdown           " + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in s["breakdown_s"].items()),
         f"  refresh stalls      {s['refresh_stall_s'] * 1e6:,.1f} us per channel and token",
         "  channel time        " + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in s["channel_time_s"].items()
@@ -71,6 +73,11 @@ def summary(result, out, files) -> str:
     if out:
         lines.append(f"  wrote               {', '.join(files)} in {out}")
     return "\n".join(lines)
+
+
+def _over(latency: float, bound: float) -> str:
+    """How far ``latency`` is above ``bound``, in percent of the bound."""
+    return f"{(latency / bound - 1) * 100:+.1f} %" if bound > 0 else "n/a"
 
 
 def render(result) -> dict[str, bytes]:
