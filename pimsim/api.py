@@ -68,6 +68,18 @@ def load_model(model) -> object:
                       f"or a trace .json file)")
 
 
+def mac_weight_elements(trace) -> int:
+    """Elements of the weight matrices that the banks stream through their MAC units each
+    step (the linear layers and the LM head, a tied table once): what the DRAM-timing and
+    bandwidth bounds stream. Embedding tables, norm weights and biases are read, not
+    streamed."""
+    seen: dict[str, int] = {}
+    for op in trace.decode.ops:
+        if op.op in ("linear", "lm_head"):
+            seen[op["weight"]] = op["in_features"] * op["out_features"]
+    return sum(seen.values())
+
+
 def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mapping = (), prompt: int = 32,
              tokens: int = 8, strategy: str = "pim-gpt", timeline: bool = False,
              check: bool = False, replay: bool = True, scheduler: str = "compiled",
@@ -158,7 +170,7 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mappi
     energy = energy_ranges(totals, asic_totals, total_s, channels=d.channels, banks=d.banks,
                            mac_lanes=spec.pim.mac_lanes, sram_bytes=spec.asic.sram_bytes)
     e_tok = {c: sum(b.values()) / tokens for c, b in energy.items()}
-    weight_bytes = 2 * trace.parameters
+    weight_bytes = 2 * mac_weight_elements(trace)
     row_cycles = (t["nRCDRDMAC"] + (d.columns - 1) * max(t["nCCDL"], t.get("nMAC", 0))
                   + t["nRTP"] + t["nRP"])
     rows_per_bank = weight_bytes / (d.channels * d.banks * d.row_bytes)

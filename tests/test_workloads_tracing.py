@@ -180,3 +180,31 @@ def test_docs_tracing_example_runs(command, tmp_path, monkeypatch, capsys):
     assert main(shlex.split(command)[1:]) == 0, capsys.readouterr().err
     out = shlex.split(command)[shlex.split(command).index("--out") + 1]
     workloads.load_trace(tmp_path / out)
+
+
+def _matrix_elements_of_instantiated_model(config: dict) -> int:
+    """Independent count of what the banks stream: the weights of the model's linear
+    layers (nn.Linear, and GPT-2's Conv1D), a tied LM head once."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    cfg = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    weights = {id(m.weight): m.weight.numel() for m in model.modules()
+               if isinstance(m, (torch.nn.Linear, Conv1D))}
+    return sum(weights.values())
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_the_bounds_stream_the_weight_matrices_and_the_latency_never_beats_them(arch):
+    """Embedding tables, norms and biases are read, not streamed: the bounds count only the
+    matrices (an untied embedding table would otherwise put the bound above the latency)."""
+    import pimsim
+
+    trace = trace_from_dict(_trace(SMALL[arch]))
+    d = pimsim.simulate(trace, prompt=5, tokens=2).to_dict()
+    b = d["bounds"]
+    streamed = 2 * _matrix_elements_of_instantiated_model(SMALL[arch])
+    assert b["bandwidth_bound_s"] * d["bandwidth"]["internal_peak_Bps"] == pytest.approx(streamed)
+    assert d["latency_per_token_s"] > b["dram_timing_bound_s"] > b["bandwidth_bound_s"]
