@@ -257,7 +257,8 @@ def place(trace, g: Geometry, strategy: Strategy, max_context: int | None,
             f" B weights + {int(kv_rows[c]) * per_row} B KV reserve for {max((a.reserve for a in att.values()), default=0)} positions), "
             f"{g.channel_bytes} B available per channel ({g.channels} channels x {g.banks} banks "
             f"x {g.rows} rows x {g.row_bytes} B); all channels need "
-            f"{int(rows_used.sum()) * per_row} B of {g.channels * g.channel_bytes} B")
+            f"{int(rows_used.sum()) * per_row} B of {g.channels * g.channel_bytes} B, so at least "
+            f"{-(-int(rows_used.sum()) // g.rows)} channels of this size (organization.channels)")
 
     cursor = np.zeros(g.channels, dtype=np.int64)
     for r in regions:

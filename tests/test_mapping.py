@@ -156,6 +156,9 @@ def test_capacity_error_names_bytes_and_more_channels_fit():
     assert need > per_channel
     assert total >= trace("mistral-7b").parameters * 2  # BF16 weights alone
     channels = -(-total // per_channel)                  # enough channels for the total
+    assert msg.endswith(f"so at least {channels} channels of this size (organization.channels)")
+    with pytest.raises(mappings.CapacityError):          # and no fewer
+        mappings.map(trace("mistral-7b"), spec(f"organization.channels={channels - 1}"))
     channels = 1 << (channels - 1).bit_length()         # ... as a power of two
     m = mappings.map(trace("mistral-7b"), spec(f"organization.channels={channels}"))
     assert m.placement.rows_used.max() <= d.rows
