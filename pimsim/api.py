@@ -80,6 +80,21 @@ def mac_weight_elements(trace) -> int:
     return sum(seen.values())
 
 
+def _check_asic_buffer(trace, spec, kv_len: int) -> int:
+    """The ASIC's peak SRAM need over the run (at its longest context); an error when
+    ``asic.sram_bytes`` cannot hold it."""
+    from pimsim.asic import buffer_need
+
+    need, at = buffer_need(trace.decode.ops, kv_len)
+    have = spec.asic.sram_bytes
+    if need > have:
+        op = trace.decode.ops[at]
+        raise PimsimError(f"{trace.model}: the ASIC must hold {need:,} B at {kv_len} positions "
+                          f"(FP32 values live during {op.op} of {op.module}), more than "
+                          f"asic.sram_bytes = {have:,} B")
+    return need
+
+
 def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mapping = (), prompt: int = 32,
              tokens: int = 8, strategy: str = "pim-gpt", timeline: bool = False,
              check: bool = False, replay: bool = True, scheduler: str = "compiled",
@@ -114,12 +129,14 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mappi
     mapping = mappings.map(trace, spec, strategy, max_context=prompt + tokens)
     sim = SystemSimulator(spec, keep_timeline=timeline, keep_logs=check, memo=replay,
                           scheduler=scheduler)
+    buffer_bytes = _check_asic_buffer(trace, spec, prompt + tokens)
     d = spec.dram
     t = d.timing
     result = SimulationResult(meta={
         "pimsim_version": __version__, "model": trace.model, "trace_hash": trace_hash(trace),
         "spec_digest": spec.digest, "preset": spec.name, "strategy": strategy,
         "prompt_tokens": prompt, "decode_tokens": tokens, "parameters": trace.parameters,
+        "asic_buffer_bytes": buffer_bytes,
     }, timeline=[] if timeline else None)
     totals: dict[str, int] = {}
     asic_totals: dict[str, int] = {}

@@ -254,3 +254,61 @@ def op_cost(asic: AsicSpec, kind: str, elements: int, detail: Mapping | None = N
     if kind == "embedding":
         return AsicCost(_pass(asic, n, 1), sram_write_bytes=4 * n)
     raise PimsimError(f"ASIC: unknown operator kind {kind!r}")
+
+
+#: operators that may write their result over an input that is used for the last time
+_IN_PLACE = ("softmax", "activation", "rotary", "elementwise")
+
+
+def _values_held(op, kv_len: int) -> int:
+    """FP32 values the ASIC holds as the result of ``op`` at ``kv_len`` positions. A
+    matrix product's partial sums are added into its outputs as they arrive, so only the
+    outputs count; the LM head's logits are reduced to the next token as they arrive and
+    K/V appends go to DRAM, so neither is held."""
+    a = op.attrs
+    tokens = int(a.get("tokens", 1))
+    kind = op.op
+    if kind == "embedding":
+        return a["dim"] * tokens
+    if kind in ("layernorm", "rmsnorm", "activation", "elementwise"):
+        return a["features"] * tokens
+    if kind == "linear":
+        return a["out_features"] * tokens
+    if kind == "rotary":
+        return a["heads"] * a["head_dim"] * tokens
+    if kind in ("attn_score", "softmax"):
+        n = min(kv_len, a["window"] or kv_len)
+        return a.get("q_heads", a.get("heads")) * a["q_len"] * n
+    if kind == "attn_context":
+        return a["q_heads"] * a["q_len"] * a["head_dim"]
+    return 0
+
+
+def buffer_need(ops, kv_len: int) -> tuple[int, int]:
+    """(peak bytes, index of the op at the peak) of the FP32 values the ASIC holds while
+    it runs the decode ops ``ops`` (a trace's, in order) at ``kv_len`` positions.
+
+    A value is held from the op that makes it to the last op that reads it (``Op.deps``);
+    while an op runs, its inputs and its result are held together, except that softmax,
+    activations, rotary embeddings and element-wise ops write over an input that they read
+    for the last time (when it is at least as large)."""
+    held = [_values_held(op, kv_len) for op in ops]
+    last = list(range(len(ops)))
+    for j, op in enumerate(ops):
+        for i in op.deps:
+            last[i] = max(last[i], j)
+    live, peak, at = 0, -1, 0
+    for j, op in enumerate(ops):
+        reuse = 0
+        if op.op in _IN_PLACE:
+            reuse = max((held[i] for i in op.deps if last[i] == j and held[i] >= held[j]),
+                        default=0)
+            reuse = held[j] if reuse else 0
+        now = live + held[j] - reuse
+        if now > peak:
+            peak, at = now, j
+        live += held[j]
+        live -= sum(held[i] for i in set(op.deps) if last[i] == j)
+        if last[j] == j:
+            live -= held[j]
+    return 4 * peak, at

@@ -351,8 +351,9 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
         Param("exp_degree", "int", "", "Taylor degree of exp (1..12)"),
         Param("recip_iterations", "int", "", "Newton-Raphson iterations of the reciprocal", minimum=0),
         Param("rsqrt_iterations", "int", "", "Newton iterations of the inverse square root", minimum=0),
-        Param("sram_bytes", "int", "B", "on-chip SRAM buffers (sets their leakage energy; "
-                                         "whether the operands fit is not checked)"),
+        Param("sram_bytes", "int", "B", "on-chip SRAM buffers: must hold the FP32 values the "
+                                         "ASIC keeps at once (checked before a run); sets "
+                                         "their leakage energy"),
     ],
     "link": [
         Param("latency_ps", "int", "ps", "ASIC <-> PIM channel latency beyond the DRAM's own "

@@ -117,3 +117,49 @@ def test_asic_preset_validation():
     with pytest.raises(PimsimError, match=r"--set asic.lanes=0: must be positive"):
         load_preset("pim-gpt", ["asic.lanes=0"])
     assert load_preset("pim-gpt", ["asic.clock_MHz=100"]).asic.clock_MHz == 100
+
+
+# ----------------------------------------------------------------------------- SRAM need
+
+def test_buffer_need_of_gpt2_small_by_hand():
+    """GPT-2 small (d 768, 12 heads, FFN 3072). At 1,024 positions the peak is the first
+    attention score: the residual stream (768), the fused Q/K/V output still read by the
+    score (2,304) and 12 x 1,024 scores. At 33 positions it is the MLP's up projection:
+    residual, LayerNorm output and 3,072 outputs."""
+    import workloads
+    from pimsim.asic import buffer_need
+
+    ops = workloads.load_bundled("gpt2-small").decode.ops
+    need, at = buffer_need(ops, 1024)
+    assert need == 4 * (768 + 2304 + 12 * 1024)
+    assert (ops[at].op, ops[at].module) == ("attn_score", "transformer.h.0.attn")
+    need, at = buffer_need(ops, 33)
+    assert need == 4 * (768 + 768 + 3072)
+    assert (ops[at].op, ops[at].module) == ("linear", "transformer.h.0.mlp.c_fc")
+    needs = [buffer_need(ops, n)[0] for n in (1, 200, 400, 800, 1024)]
+    assert needs == sorted(needs)
+
+
+def test_the_papers_models_fit_the_default_sram_at_their_full_context():
+    import workloads
+    from pimsim.asic import buffer_need
+
+    sram = load_preset("pim-gpt").asic.sram_bytes
+    for name in ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-small",
+                 "gpt3-medium", "gpt3-large", "gpt3-xl"):
+        context = workloads.get_model(name).config["n_positions"]
+        assert context in (1024, 2048)
+        assert buffer_need(workloads.load_bundled(name).decode.ops, context)[0] <= sram, name
+
+
+def test_a_run_whose_values_do_not_fit_the_sram_is_an_error():
+    import pimsim
+
+    with pytest.raises(PimsimError, match=r"gpt2-small: the ASIC must hold 61,440 B at 1024 "
+                                          r"positions \(FP32 values live during attn_score of "
+                                          r"transformer.h.0.attn\), more than "
+                                          r"asic.sram_bytes = 61,439 B"):
+        pimsim.simulate("gpt2-small", prompt=1023, tokens=1, overrides={"asic.sram_bytes": 61439})
+    d = pimsim.simulate("gpt2-small", prompt=1023, tokens=1,
+                        overrides={"asic.sram_bytes": 61440}).to_dict()
+    assert d["asic_buffer_bytes"] == 61440

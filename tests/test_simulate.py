@@ -72,6 +72,7 @@ def test_cli_writes_files_and_identical_json(tmp_path, capsys):
     (["simulate", "gpt2-small", "--prompt", "1024", "--tokens", "2"], "needs 1026 positions; the model has 1024"),
     (["simulate", "mistral-7b", "--tokens", "1"], "does not fit pim-gpt"),
     (["simulate", "--set", "asic.lanes=0"], "--set asic.lanes=0: must be positive"),
+    (["simulate", "--set", "asic.sram_bytes=4096"], "more than asic.sram_bytes = 4,096 B"),
 ])
 def test_bad_input(argv, pattern, capsys, tmp_path):
     out = tmp_path / "o"

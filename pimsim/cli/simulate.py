@@ -67,6 +67,7 @@ def summary(result, out, files) -> str:
                                            if v * 1e6 >= 0.05),
         f"  energy per token    {e['nominal'] * 1e3:,.3f} mJ (range {e['low'] * 1e3:,.3f} - {e['high'] * 1e3:,.3f})",
         f"  row-hit rate        {s['row_hit_rate']:.4f}",
+        f"  ASIC buffer         {s['asic_buffer_bytes']:,} B at its peak",
         f"  bandwidth           internal {bw['internal_Bps'] / 1e12:,.2f} of {bw['internal_peak_Bps'] / 1e12:,.2f} TB/s, "
         f"pins {bw['pin_Bps'] / 1e9:,.1f} of {bw['pin_peak_Bps'] / 1e9:,.0f} GB/s",
     ]
