@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -66,6 +67,22 @@ def load_model(model) -> object:
         return workloads.load_trace(text)
     raise PimsimError(f"unknown model {text!r} (registry: {', '.join(workloads.model_names())}; "
                       f"or a trace .json file)")
+
+
+def op_group(op) -> str:
+    """An op's name with its layer number starred and its kind appended, e.g.
+    ``transformer.h.*.mlp.c_fc (linear)``: the same op of every layer shares it."""
+    return f"{re.sub(r'(?<=[.])[0-9]+(?=[.]|$)', '*', op.module)} ({op.op})"
+
+
+def _by_op(trace, ps_by_index: dict[int, int], tokens: int) -> dict[str, float]:
+    """Seconds per token of the critical path's nodes, by :func:`op_group`."""
+    ops = trace.decode.ops
+    out: dict[str, int] = {}
+    for i, v in ps_by_index.items():
+        key = op_group(ops[i])
+        out[key] = out.get(key, 0) + v
+    return {k: v * 1e-12 / tokens for k, v in sorted(out.items())}
 
 
 def mac_weight_elements(trace) -> int:
@@ -142,6 +159,7 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mappi
     asic_totals: dict[str, int] = {}
     bytes_totals: dict[str, int] = {}
     crit: dict[str, int] = {}
+    crit_op: dict[int, int] = {}
     chan: dict[str, int] = {}
     stall = 0
     # the mapping's objects, and what its caches gain step by step, live as long as the
@@ -160,6 +178,8 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mappi
             for k, v in step.critical_ps.items():
                 name = CATEGORIES.get(k, k)
                 crit[name] = crit.get(name, 0) + v
+            for k, v in step.critical_by_op_ps.items():
+                crit_op[k] = crit_op.get(k, 0) + v
             for k, v in step.channel_cycles.items():
                 chan[k] = chan.get(k, 0) + v
             stall += step.refresh_stall_cycles
@@ -202,6 +222,7 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mappi
         "tokens_per_s": 1.0 / per_token,
         "total_time_s": total_s,
         "breakdown_s": {k: v * 1e-12 / tokens for k, v in sorted(crit.items())},
+        "breakdown_by_op_s": _by_op(trace, crit_op, tokens),
         "busy_s": None,
         "refresh_stall_s": stall * d.tCK_ps * 1e-12 / d.channels / tokens,
         "channel_time_s": _channel_time(chan, total_s, d, tokens),

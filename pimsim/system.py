@@ -101,6 +101,10 @@ class StepStats:
     #: picoseconds of the step's critical path by category; "wait" is time a node on the
     #: path was ready but queued for its resource (sums to the step latency)
     critical_ps: dict[str, int] = field(default_factory=dict)
+    #: run time of the critical path's nodes by the trace op they belong to (op index ->
+    #: ps; a node's op index is the prefix of its name): the path's time less "wait" and
+    #: "transfer"
+    critical_by_op_ps: dict[int, int] = field(default_factory=dict)
     #: channel cycles by what they were spent on, summed over channels: each interval
     #: between two commands of a kernel goes to the command before it (the one whose
     #: timing the next command waits out), the last command of a kernel gets one cycle
@@ -355,7 +359,8 @@ class SystemSimulator:
         else:
             self._run_listed(nodes, stats, times)
         stats.end_ps = self._now
-        stats.critical_ps = _critical_path(times, stats.start_ps, stats.end_ps)
+        stats.critical_ps, stats.critical_by_op_ps = _critical_path(times, stats.start_ps,
+                                                                    stats.end_ps)
         if stats.timeline is not None:
             for name, item, preds in transfers:
                 ends = [times[p][2] for p in preds if p in times]
@@ -575,9 +580,9 @@ class SystemSimulator:
             if cat in plan.cats_present:
                 stats.busy_ps[cat] = stats.busy_ps.get(cat, 0) + b
         stats.end_ps = self._now
-        stats.critical_ps = _critical_path_arrays(plan.names, plan.cat_names, plan.cat, o_ready,
-                                                  o_start, o_end, o_via, o_delay, plan.nrank,
-                                                  stats.start_ps, stats.end_ps)
+        stats.critical_ps, stats.critical_by_op_ps = _critical_path_arrays(
+            plan.names, plan.cat_names, plan.cat, o_ready, o_start, o_end, o_via, o_delay,
+            plan.nrank, stats.start_ps, stats.end_ps)
         if stats.timeline is not None:
             plan.timeline(self, stats, o_start.tolist(), o_end.tolist())
 
@@ -834,14 +839,20 @@ def _flat(program) -> tuple:
     return names, items, src, dst
 
 
+def _op_of(name: str) -> int:
+    """The trace op index a node name starts with (``"74:transformer.h.5..."``)."""
+    return int(name.split(":", 1)[0])
+
+
 def _critical_path_arrays(names, cat_names, cat, ready, start, end, via, delay, nrank,
-                          start_ps: int, end_ps: int) -> dict[str, int]:
+                          start_ps: int, end_ps: int) -> tuple[dict[str, int], dict[int, int]]:
     """:func:`_critical_path` over the compiled scheduler's arrays (``via``: producer
     position, -1 the step start; ``cat``: category code into ``cat_names``)."""
     out: dict[str, int] = {}
+    by_op: dict[int, int] = {}
     if not names:
         out["wait"] = end_ps - start_ps
-        return out
+        return out, by_op
     last = int(end.max())
     cand = np.flatnonzero(end == last)
     node = int(cand[np.argmax(nrank[cand])])
@@ -850,6 +861,8 @@ def _critical_path_arrays(names, cat_names, cat, ready, start, end, via, delay, 
         r, s, e, d = int(ready[node]), int(start[node]), int(end[node]), int(delay[node])
         c = cat_names[cat[node]]
         out[c] = out.get(c, 0) + (min(e, t) - s)
+        op = _op_of(names[node])
+        by_op[op] = by_op.get(op, 0) + (min(e, t) - s)
         out["wait"] = out.get("wait", 0) + (s - r) + (t - min(e, t))
         if d:
             out["transfer"] = out.get("transfer", 0) + d
@@ -857,7 +870,7 @@ def _critical_path_arrays(names, cat_names, cat, ready, start, end, via, delay, 
         v = int(via[node])
         node = v if v >= 0 else None
     out["wait"] = out.get("wait", 0) + (t - start_ps)
-    return out
+    return out, by_op
 
 
 @dataclass(frozen=True, eq=False)
@@ -1007,26 +1020,30 @@ def _account(cycles, cmd, ins_cycle, ins_cmd, tail_of):
     return out, int(tail)
 
 
-def _critical_path(times: dict, start_ps: int, end_ps: int) -> dict[str, int]:
+def _critical_path(times: dict, start_ps: int, end_ps: int) -> tuple[dict[str, int], dict[int, int]]:
     """Walk back from the node that finished last through the input that arrived last:
-    each node on the path adds its run time to its category, the link latency on the way
-    to "transfer", and the time it waited for its resource to "wait"."""
+    each node on the path adds its run time to its category (and to its trace op), the
+    link latency on the way to "transfer", and the time it waited for its resource to
+    "wait"."""
     out: dict[str, int] = {}
+    by_op: dict[int, int] = {}
     if not times:
         out["wait"] = end_ps - start_ps
-        return out
+        return out, by_op
     node = max(times, key=lambda n: (times[n][2], n))
     t = end_ps
     while node is not None:
         ready, start, end, cat, via, delay = times[node]
         out[cat] = out.get(cat, 0) + (min(end, t) - start)
+        op = _op_of(node)
+        by_op[op] = by_op.get(op, 0) + (min(end, t) - start)
         out["wait"] = out.get("wait", 0) + (start - ready) + (t - min(end, t))
         if delay:
             out["transfer"] = out.get("transfer", 0) + delay
         t = ready - delay
         node = via if via in times else None
     out["wait"] = out.get("wait", 0) + (t - start_ps)
-    return out
+    return out, by_op
 
 
 __all__ = ["SystemSimulator", "StepStats", "node_kind", "COMMANDS"]

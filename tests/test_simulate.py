@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -27,6 +28,16 @@ def test_result_fields_and_consistency(result):
     assert d["latency_per_token_s"] == pytest.approx(sum(s["latency_s"] for s in d["steps"]) / 2)
     # the critical-path breakdown adds up to the latency
     assert sum(d["breakdown_s"].values()) == pytest.approx(d["latency_per_token_s"], rel=1e-9)
+    # ... and by op: the nodes' run time, that is the latency less waiting and transfers;
+    # every layer's same op shares a name
+    by_op = d["breakdown_by_op_s"]
+    assert sum(by_op.values()) == pytest.approx(
+        d["latency_per_token_s"] - d["breakdown_s"]["waiting"] - d["breakdown_s"]["transfers"],
+        rel=1e-9)
+    assert {"transformer.h.*.attn.c_attn (linear)", "transformer.h.*.mlp.c_fc (linear)",
+            "lm_head (lm_head)", "transformer.h.*.attn (attn_score)"} <= set(by_op)
+    assert all(v > 0 for v in by_op.values())
+    assert not any(re.search(r"[.][0-9]+[. ]", k) for k in by_op)      # no layer numbers
     # the channels' time, itemised, adds up to the latency (idle is the rest)
     ct = d["channel_time_s"]
     assert all(v >= 0 for v in ct.values()) and ct["mac"] > 0 and ct["mode_switch"] > 0
@@ -59,7 +70,7 @@ def test_cli_writes_files_and_identical_json(tmp_path, capsys):
     assert f"({(lat / bounds['bandwidth_bound_s'] - 1) * 100:+.1f} %)" in line
     names = {p.name for p in a.iterdir()}
     assert names == {"result.json", "steps.csv", "latency_breakdown.png", "latency_by_position.png",
-                     "energy_breakdown.png", "timeline.json"}
+                     "latency_by_op.png", "energy_breakdown.png", "timeline.json"}
     trace = json.loads((a / "timeline.json").read_text())
     assert any(e.get("ph") == "X" and e["cat"] == "linear" for e in trace["traceEvents"])
     assert (a / "steps.csv").read_text().splitlines()[0] == "step,kv_len,start_s,latency_s"

@@ -62,6 +62,9 @@ def summary(result, out, files) -> str:
         f"bandwidth {b['bandwidth_bound_s'] * 1e6:,.1f} us "
         f"({_over(s['latency_per_token_s'], b['bandwidth_bound_s'])})",
         "  breakdown           " + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in s["breakdown_s"].items()),
+        "  critical path ops   " + ", ".join(
+            f"{k} {v * 1e6:,.1f} us" for k, v in sorted(s["breakdown_by_op_s"].items(),
+                                                       key=lambda kv: (-kv[1], kv[0]))[:4]),
         f"  refresh stalls      {s['refresh_stall_s'] * 1e6:,.1f} us per channel and token",
         "  channel time        " + ", ".join(f"{k} {v * 1e6:,.1f} us" for k, v in s["channel_time_s"].items()
                                            if v * 1e6 >= 0.05),
@@ -120,6 +123,15 @@ def _plots(result) -> dict[str, bytes]:
     ax.set_title(f"{s['model']}: latency breakdown, {s['latency_per_token_s'] * 1e6:,.1f} us per token", fontsize=9)
     ax.legend(fontsize=7)
     save(fig, "latency_breakdown.png")
+
+    ops = sorted(s["breakdown_by_op_s"].items(), key=lambda kv: (-kv[1], kv[0]))[:15][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.28 * max(len(ops), 1)))
+    ax.barh([k for k, _ in ops], [v * 1e6 for _, v in ops], color="tab:purple")
+    ax.set_xlabel("us per token on the critical path")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(f"{s['model']}: critical path by op (every layer's together; the 15 largest)",
+                 fontsize=9)
+    save(fig, "latency_by_op.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot([st["kv_len"] for st in result.steps], [st["latency_s"] * 1e6 for st in result.steps], marker=".")
