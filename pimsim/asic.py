@@ -299,12 +299,9 @@ def buffer_need(ops, kv_len: int) -> tuple[int, int]:
             last[i] = max(last[i], j)
     live, peak, at = 0, -1, 0
     for j, op in enumerate(ops):
-        reuse = 0
-        if op.op in _IN_PLACE:
-            reuse = max((held[i] for i in op.deps if last[i] == j and held[i] >= held[j]),
-                        default=0)
-            reuse = held[j] if reuse else 0
-        now = live + held[j] - reuse
+        overwrites = op.op in _IN_PLACE and any(last[i] == j and held[i] >= held[j]
+                                                 for i in op.deps)
+        now = live + (0 if overwrites else held[j])
         if now > peak:
             peak, at = now, j
         live += held[j]
