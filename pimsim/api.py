@@ -119,7 +119,10 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mappi
     """Decode ``tokens`` tokens after a ``prompt``-token context (KV lengths prompt+1 ..
     prompt+tokens), every DRAM command timed by the channel engines.
 
-    Prefill is not simulated: the prompt only sets where decoding starts. With ``check``
+    ``overrides``: ``KEY=VALUE`` texts as with ``--set``, or a mapping ``{key: value}``.
+    Prefill is not simulated: the prompt only sets where decoding starts. A model that does
+    not fit the channels, or whose values at the longest context do not fit the ASIC's
+    SRAM (``asic.sram_bytes``), is an error before any step runs. With ``check``
     every issued command is protocol-checked and violations raise an error. ``replay``
     reuses the stored run of a kernel issued before from the same relative channel state
     when no refresh falls due during it (exact; ``False`` issues every kernel).
