@@ -76,6 +76,15 @@ def test_cli_writes_files_and_identical_json(tmp_path, capsys):
     assert (a / "steps.csv").read_text().splitlines()[0] == "step,kv_len,start_s,latency_s"
 
 
+def test_cli_json_prints_the_result_json(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["simulate", "gpt2-small", "--prompt", "8", "--tokens", "1", "--json",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (out / "result.json").read_text()
+    assert json.loads(printed)["model"] == "gpt2-small"
+
+
 @pytest.mark.parametrize("argv,pattern", [
     (["simulate", "nope"], "unknown model 'nope'"),
     (["simulate", "--tokens", "0"], "tokens must be a positive"),

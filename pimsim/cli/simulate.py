@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--timeline", action="store_true",
                    help="also write timeline.json (Chrome/Perfetto trace of every node)")
     p.add_argument("--check", action="store_true", help="protocol-check every issued command")
+    p.add_argument("--json", action="store_true",
+                   help="print result.json to standard output instead of the summary")
     p.set_defaults(func=run)
 
 
@@ -44,7 +46,10 @@ def run(args) -> int:
     if args.out:
         files = render(result)
         write_files(args.out, files)
-    print(summary(result, args.out, sorted(files)))
+    if args.json:
+        print(result.to_json(), end="")
+    else:
+        print(summary(result, args.out, sorted(files)))
     return 0
 
 
