@@ -580,6 +580,11 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
             raise ctx.err("pim.global_buffer_bytes", f"{pim['global_buffer_bytes']} is not a "
                           f"multiple of column_bytes ({org['column_bytes']})")
         gb_slots = pim["global_buffer_bytes"] // org["column_bytes"]
+        if gb_slots > org["columns"]:
+            raise ctx.err("pim.global_buffer_bytes", f"{pim['global_buffer_bytes']} B is more than "
+                          f"one row ({org['columns'] * org['column_bytes']} B): MAC16 at column c "
+                          f"reads slot c, so slots past the row's {org['columns']} columns could "
+                          f"never be used")
         pim_cycles = elems // pim["mac_lanes"]
         # one column through the lanes, in command-clock cycles (exact, rounded up)
         ratio = Fraction(pim_cycles) * Fraction(10**6) / (Fraction(pim["clock_MHz"]) * Fraction(clk["tCK_ps"]))

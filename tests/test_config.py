@@ -143,6 +143,8 @@ def _write_preset(tmp_path, mutate):
     (lambda d: d["organization"].pop("rows"), r"my.yaml: organization.rows: missing key"),
     (lambda d: d.update(colour="blue"), r"my.yaml: colour: unknown key"),
     (lambda d: d["pim"].update(global_buffer_bytes=100), r"my.yaml: pim.global_buffer_bytes: 100 is not a multiple"),
+    (lambda d: d["pim"].update(global_buffer_bytes=4096),
+     r"my.yaml: pim.global_buffer_bytes: 4096 B is more than one row \(2048 B\)"),
     (lambda d: d["clock"].update(data_rate_Gbps=True), r"my.yaml: clock.data_rate_Gbps: must be a number"),
 ])
 def test_bad_preset_files(tmp_path, mutate, pattern):
