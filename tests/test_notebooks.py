@@ -19,6 +19,7 @@ FIGURES = {
     "mapping_strategies": "mapping_strategies.png",
     "energy_breakdown": "energy_breakdown.png",
     "pareto": "pareto.png",
+    "gap_to_bound": "gap_to_bound.png",
 }
 
 
