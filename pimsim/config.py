@@ -388,14 +388,32 @@ def _check_refresh_timing(timing: Mapping[str, int], policy: str, banks: int, wh
                               f"{interval} cycles must exceed nRFCpb ({timing.get('nRFCpb')})")
 
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader, refusing a key given twice in one mapping (YAML would keep the
+    last one silently)."""
 
 
-def _read_yaml(path: Path, label: str) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
+def _no_duplicate_keys(loader, node, deep=False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:   # an unhashable key: the base constructor reports it
+            break
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} given twice (first at line {first + 1})",
+                key_node.start_mark)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+def load_yaml_text(text: str, label: str) -> Any:
+    """YAML text read by the safe loader (duplicate keys refused); errors as one-line
+    :class:`ConfigError` naming ``label`` and the line."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
@@ -403,6 +421,23 @@ def _read_yaml(path: Path, label: str) -> Any:
         loc = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{label}: malformed YAML{loc}: {problem}") from None
+
+
+def read_text(path: Path, label: str, error=None) -> str:
+    """A file's UTF-8 text; unreadable or not UTF-8 is a one-line ``error`` (default
+    :class:`ConfigError`) naming ``label``."""
+    error = error or ConfigError
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{label}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{label}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                    f"{exc.start})") from None
+
+
+def _read_yaml(path: Path, label: str) -> Any:
+    return load_yaml_text(read_text(path, label), label)
 
 
 # ----------------------------------------------------------------------------- overrides
