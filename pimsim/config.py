@@ -271,6 +271,11 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
+#: the largest integer a preset may hold (cycles, counts, bytes, ps): every time and count
+#: the simulator derives from them stays far inside 64-bit integers
+INT_MAX = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class Param:
     """A preset key: type, unit, meaning (documented where declared)."""
@@ -290,6 +295,8 @@ class Param:
         if self.kind == "int":
             if not _is_int(value):
                 raise ctx.err(path, f"must be an integer{unit}, got {value!r}")
+            if value > INT_MAX:
+                raise ctx.err(path, f"must be at most {INT_MAX:,}{unit}, got {value!r}")
         elif self.kind == "number":
             if not _is_number(value):
                 raise ctx.err(path, f"must be a number{unit}, got {value!r}")
@@ -333,7 +340,7 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
     "pim": [
         Param("mac_lanes", "int", "", "BF16 multipliers per bank MAC unit"),
         Param("global_buffer_bytes", "int", "B", "global buffer per channel"),
-        Param("clock_MHz", "number", "MHz", "PIM unit clock", minimum=1e-9),
+        Param("clock_MHz", "number", "MHz", "PIM unit clock", minimum=1),
         Param("result_registers", "int", "", "accumulator (result) registers per bank MAC unit; "
               "read-outs of up to this many segments share one pair of mode changes "
               "(default 1: one accumulator, read after every segment)",
@@ -344,7 +351,7 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
               required=False, default=False),
     ],
     "asic": [
-        Param("clock_MHz", "number", "MHz", "ASIC clock", minimum=1e-9),
+        Param("clock_MHz", "number", "MHz", "ASIC clock", minimum=1),
         Param("lanes", "int", "", "FP32 adders, multipliers and special-function lanes (each)"),
         Param("add_latency", "int", "cycles", "FP32 adder latency (ASIC cycles)"),
         Param("mul_latency", "int", "cycles", "FP32 multiplier latency (ASIC cycles)"),
@@ -377,6 +384,9 @@ def _check_refresh_timing(timing: Mapping[str, int], policy: str, banks: int, wh
     if "nREFI" not in timing or timing["nREFI"] <= 0:
         raise ConfigError(f"{where}: timing.nREFI: refresh policy {policy!r} needs a positive "
                           f"nREFI, got {timing.get('nREFI')!r}")
+    need = "nRFCab" if policy == "ab" else "nRFCpb"
+    if need not in timing:
+        raise ConfigError(f"{where}: timing.{need}: refresh policy {policy!r} needs it")
     if policy == "ab":
         if timing.get("nRFCab", 0) >= timing["nREFI"]:
             raise ConfigError(f"{where}: timing.nRFCab: all-bank refresh ({timing.get('nRFCab')} cycles) "
@@ -409,6 +419,23 @@ def _no_duplicate_keys(loader, node, deep=False):
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+# Numbers as YAML 1.2 reads them: decimal integers, and decimals with an optional point and
+# exponent (1e3 is a number); YAML 1.1's base-60 (1:30 = 90), octal, hex and 1_000 forms
+# stay text, so they meet a type check instead of becoming another value.
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"),
+                              list("-+0123456789"))
+_Loader.add_constructor("tag:yaml.org,2002:int",   # 010 is ten, not YAML 1.1's octal eight
+                        lambda loader, node: int(loader.construct_scalar(node), 10))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"))
 
 
 def load_yaml_text(text: str, label: str) -> Any:
@@ -451,7 +478,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", path):
         raise ConfigError(f"--set {text}: malformed key {path!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None  # noqa: S506 - safe
     except yaml.YAMLError:
         raise ConfigError(f"--set {text}: malformed value {raw!r}") from None
     if isinstance(value, (dict, list)):
@@ -485,6 +512,9 @@ def _apply_overrides(doc: dict, overrides: Iterable[str]) -> dict[str, str]:
     for text in overrides:
         path, value = parse_override(text)
         parts = path.split(".")
+        if parts[0] in ("sources", "preset", "description"):
+            raise ConfigError(f"--set {text}: {parts[0]} describes a preset file and cannot "
+                              f"be set")
         node = doc
         for i, part in enumerate(parts[:-1]):
             sub = node.get(part)
@@ -603,6 +633,8 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
             raise ctx.err(f"timing.{key}", f"unknown timing parameter (known: {', '.join(TIMING_PARAMETERS)})")
         if not _is_int(value) or value < 0:
             raise ctx.err(f"timing.{key}", f"must be a non-negative integer (cycles), got {value!r}")
+        if value > INT_MAX:
+            raise ctx.err(f"timing.{key}", f"must be at most {INT_MAX:,} (cycles), got {value!r}")
         timing[key] = value
 
     gb_slots = org["columns"]
@@ -648,6 +680,15 @@ def _build_preset(doc: dict, ctx: _Ctx) -> SystemSpec:
     sources = doc.get("sources") or {}
     if not isinstance(sources, dict):
         raise ctx.err("sources", "must be a mapping of key -> source")
+    for key, text in sources.items():
+        sec, _, name = str(key).partition(".")
+        known = (name in TIMING_PARAMETERS if sec == "timing" else
+                 any(p.key == name for p in PRESET_SECTIONS.get(sec, ())) if name else
+                 sec in TOP_KEYS - {"sources"})
+        if not known:
+            raise ctx.err(f"sources.{key}", "names no preset key")
+        if not isinstance(text, str) or not text.strip():
+            raise ctx.err(f"sources.{key}", f"must be a text naming the source, got {text!r}")
     dram = DramSpec(
         name=doc["preset"], standard=standard.name, channels=org["channels"],
         bankgroups=org["bankgroups"], banks_per_bankgroup=org["banks_per_bankgroup"],
@@ -760,6 +801,8 @@ def load_timing_file(path: str | Path) -> DramSpec:
             raise ctx.err(f"timing.{key}", "unknown timing parameter")
         if not _is_int(value) or value < 0:
             raise ctx.err(f"timing.{key}", f"must be a non-negative integer (cycles), got {value!r}")
+        if value > INT_MAX:
+            raise ctx.err(f"timing.{key}", f"must be at most {INT_MAX:,} (cycles), got {value!r}")
         timing[key] = value
     for key in ("read_latency", "rdmac_latency"):
         if key in doc and (not _is_int(doc[key]) or doc[key] < 0):
@@ -822,10 +865,11 @@ def _timing_file_constraint(entry: Any, where: str, timing: Mapping[str, int], c
     expr = re.sub(r"\s+\(.*\)\s*$", "", formula)  # drop a trailing "(note)"
     if expr:
         try:
-            value = evaluate(expr, timing, where=where)
-        except ConfigError:
-            value = None  # a formula that is prose, not an expression: documentation only
-        if value is not None and max(0, value) != cycles:
+            value = evaluate(expr, timing)
+        except ConfigError as exc:
+            raise ctx.err(f"{where}.formula", f"{formula!r} cannot be evaluated against the "
+                          f"file's timing: {exc}") from None
+        if max(0, value) != cycles:
             raise ctx.err(f"{where}.cycles", f"{cycles} disagrees with its formula {formula!r} = {value}")
     return Constraint(tuple(entry["from"]), tuple(entry["to"]), entry["scope"], cycles, formula, window)
 

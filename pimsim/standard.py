@@ -169,17 +169,21 @@ def expression_names(text: str) -> set[str]:
 
 def evaluate(text: str, values: Mapping[str, int], where: str = "") -> int:
     """Evaluate a latency expression (integers, + - * //, max, min) over named values."""
+    at = f"{where}: " if where else ""
     try:
         tree = _parse(text)
     except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{at}{exc}") from None
     missing = expression_names(text) - set(values)
     if missing:
-        raise ConfigError(f"{where}: latency {text!r} uses undefined parameter(s) "
+        raise ConfigError(f"{at}latency {text!r} uses undefined parameter(s) "
                           f"{', '.join(sorted(missing))}")
     env = dict(_ALLOWED_FUNCS)
     env.update(values)
-    return int(eval(compile(tree, "<latency>", "eval"), {"__builtins__": {}}, env))  # noqa: S307
+    try:
+        return int(eval(compile(tree, "<latency>", "eval"), {"__builtins__": {}}, env))  # noqa: S307
+    except ArithmeticError as exc:
+        raise ConfigError(f"{at}latency {text!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- loading

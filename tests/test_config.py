@@ -109,10 +109,25 @@ def test_overrides_of_the_wrong_shape(overrides, pattern):
     ("pim.gb_reuse=maybe", r"--set pim.gb_reuse=maybe: must be true or false, got 'maybe'"),
     ("refresh.postpone=-1", r"--set refresh.postpone=-1: .*got -1"),
     ("refresh.pull_in=two", r"--set refresh.pull_in=two: must be an integer, got 'two'"),
+    # YAML 1.1 forms that would silently become another number stay text
+    ("timing.nRP=1:30", r"--set timing.nRP=1:30: must be a non-negative integer \(cycles\), got '1:30'"),
+    ("timing.nRP=0x1F", r"--set timing.nRP=0x1F: .*got '0x1F'"),
+    # values no 64-bit simulation can hold, and clocks too slow to mean anything
+    ("timing.nRP=4611686018427387904", r"--set timing.nRP=4611686018427387904: must be at most 2,147,483,647"),
+    ("organization.channels=100000000000000000000000", r"organization.channels=.*: must be at most 2,147,483,647"),
+    ("link.latency_ps=100000000000000000000", r"link.latency_ps=.*: must be at most 2,147,483,647 \(ps\)"),
+    ("asic.clock_MHz=0.000001", r"--set asic.clock_MHz=0.000001: must be >= 1 \(MHz\), got 1e-06"),
+    ("pim.clock_MHz=0.5", r"--set pim.clock_MHz=0.5: must be >= 1 \(MHz\)"),
+    ("sources.timing.nRP=x", r"--set sources.timing.nRP=x: sources describes a preset file"),
 ])
 def test_bad_overrides(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_preset("pim-gpt", [override])
+
+
+def test_override_numbers_read_as_decimals():
+    over = load_preset("pim-gpt", ["pim.clock_MHz=1e3", "asic.clock_MHz=2.5e2", "timing.nRP=010"])
+    assert (over.pim.clock_MHz, over.asic.clock_MHz, over.dram.timing["nRP"]) == (1000.0, 250.0, 10)
 
 
 def test_result_registers_and_buffer_reuse_keys(tmp_path):
@@ -146,6 +161,8 @@ def _write_preset(tmp_path, mutate):
     (lambda d: d["pim"].update(global_buffer_bytes=4096),
      r"my.yaml: pim.global_buffer_bytes: 4096 B is more than one row \(2048 B\)"),
     (lambda d: d["clock"].update(data_rate_Gbps=True), r"my.yaml: clock.data_rate_Gbps: must be a number"),
+    (lambda d: d["sources"].update({"timing.nXX": "a datasheet"}), r"my.yaml: sources.timing.nXX: names no preset key"),
+    (lambda d: d["sources"].update({"timing.nRP": ""}), r"my.yaml: sources.timing.nRP: must be a text naming"),
 ])
 def test_bad_preset_files(tmp_path, mutate, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -156,6 +173,20 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     p = tmp_path / "broken.yaml"
     p.write_text("preset: x\ntiming:\n  nRP: [1,\n")
     with pytest.raises(ConfigError, match=r"broken.yaml: malformed YAML at line \d+"):
+        load_preset(p)
+
+
+def test_preset_files_with_a_key_twice_or_not_utf8(tmp_path):
+    text = preset_path("pim-gpt")[0].read_text()
+    p = tmp_path / "twice.yaml"
+    p.write_text(text.replace("  nRP: 32\n", "  nRP: 32\n  nRP: 33\n", 1))
+    line = text.splitlines().index("  nRP: 32") + 1
+    with pytest.raises(ConfigError, match=rf"twice.yaml: malformed YAML at line {line + 1}: "
+                                          rf"key 'nRP' given twice \(first at line {line}\)"):
+        load_preset(p)
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes(text.replace("pimsim's", "pimsim\xe9s", 1).encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset \d+\)"):
         load_preset(p)
 
 
@@ -182,6 +213,22 @@ def test_timing_file_errors(tmp_path, refdata):
         load_timing_file(write(src.replace("scope: channel", "scope: rank", 1)))
     with pytest.raises(ConfigError, match=r"no such timing file"):
         load_timing_file(tmp_path / "missing.timing.yaml")
+    # every formula is checked: one that does not evaluate is an error, not prose
+    for formula, why in [("max(nBL, nCCDS) +", "malformed latency expression"),
+                         ("nBL // 0", "division or modulo by zero"),
+                         ("max(nBL, nCCDX)", "uses undefined parameter\\(s\\) nCCDX")]:
+        with pytest.raises(ConfigError, match=r"t.timing.yaml: constraints\[0\].formula: .* cannot be "
+                                              r"evaluated against the file's timing: .*" + why):
+            load_timing_file(write(src.replace('formula: "max(nBL, nCCDS)"', f'formula: "{formula}"', 1)))
+    # a timing value the formulas use cannot go missing
+    with pytest.raises(ConfigError, match=r"constraints\[\d+\].formula: .*undefined parameter\(s\) nRP"):
+        load_timing_file(write(src.replace("\n  nRP:", "\n  # nRP:", 1)))
+    spec = load_timing_file(write(src))
+    no_rfc = load_timing_file(write(src.replace("\n  nRFCab:", "\n  # nRFCab:", 1)
+                                    .replace('formula: "nRFCab"', 'formula: ""')))
+    assert "nRFCab" in spec.timing and "nRFCab" not in no_rfc.timing
+    with pytest.raises(ConfigError, match=r"timing.nRFCab: refresh policy 'ab' needs it"):
+        no_rfc.with_refresh("ab")
 
 
 def test_timing_file_quirks_change_behaviour(refdata):
