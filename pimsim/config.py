@@ -286,6 +286,8 @@ class Param:
     meaning: str
     minimum: float | None = 1
     choices: tuple[str, ...] = ()
+    #: largest value (ints default to INT_MAX)
+    maximum: float | None = None
     required: bool = True
     #: value of an optional key a preset leaves out (None: the key is simply absent)
     default: Any = None
@@ -295,8 +297,8 @@ class Param:
         if self.kind == "int":
             if not _is_int(value):
                 raise ctx.err(path, f"must be an integer{unit}, got {value!r}")
-            if value > INT_MAX:
-                raise ctx.err(path, f"must be at most {INT_MAX:,}{unit}, got {value!r}")
+            if value > (self.maximum if self.maximum is not None else INT_MAX):
+                raise ctx.err(path, f"must be at most {self.maximum or INT_MAX:,}{unit}, got {value!r}")
         elif self.kind == "number":
             if not _is_number(value):
                 raise ctx.err(path, f"must be a number{unit}, got {value!r}")
@@ -353,11 +355,15 @@ PRESET_SECTIONS: dict[str, list[Param]] = {
     "asic": [
         Param("clock_MHz", "number", "MHz", "ASIC clock", minimum=1),
         Param("lanes", "int", "", "FP32 adders, multipliers and special-function lanes (each)"),
-        Param("add_latency", "int", "cycles", "FP32 adder latency (ASIC cycles)"),
-        Param("mul_latency", "int", "cycles", "FP32 multiplier latency (ASIC cycles)"),
+        Param("add_latency", "int", "cycles", "FP32 adder latency (ASIC cycles, 1..1000)",
+              maximum=1000),
+        Param("mul_latency", "int", "cycles", "FP32 multiplier latency (ASIC cycles, 1..1000)",
+              maximum=1000),
         Param("exp_degree", "int", "", "Taylor degree of exp (1..12)"),
-        Param("recip_iterations", "int", "", "Newton-Raphson iterations of the reciprocal", minimum=0),
-        Param("rsqrt_iterations", "int", "", "Newton iterations of the inverse square root", minimum=0),
+        Param("recip_iterations", "int", "", "Newton-Raphson iterations of the reciprocal (0..64)",
+              minimum=0, maximum=64),
+        Param("rsqrt_iterations", "int", "", "Newton iterations of the inverse square root (0..64)",
+              minimum=0, maximum=64),
         Param("sram_bytes", "int", "B", "on-chip SRAM buffers: must hold the FP32 values the "
                                          "ASIC keeps at once (checked before a run); sets "
                                          "their leakage energy"),

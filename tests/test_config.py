@@ -118,6 +118,10 @@ def test_overrides_of_the_wrong_shape(overrides, pattern):
     ("link.latency_ps=100000000000000000000", r"link.latency_ps=.*: must be at most 2,147,483,647 \(ps\)"),
     ("asic.clock_MHz=0.000001", r"--set asic.clock_MHz=0.000001: must be >= 1 \(MHz\), got 1e-06"),
     ("pim.clock_MHz=0.5", r"--set pim.clock_MHz=0.5: must be >= 1 \(MHz\)"),
+    # pipelines and iteration counts past any design (each op would idle the channels for
+    # seconds of simulated time)
+    ("asic.add_latency=1001", r"--set asic.add_latency=1001: must be at most 1,000 \(cycles\), got 1001"),
+    ("asic.recip_iterations=65", r"--set asic.recip_iterations=65: must be at most 64, got 65"),
     ("sources.timing.nRP=x", r"--set sources.timing.nRP=x: sources describes a preset file"),
 ])
 def test_bad_overrides(override, pattern):
