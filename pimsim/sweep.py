@@ -111,19 +111,14 @@ class _Where:
 def _load_document(source) -> tuple[dict, str]:
     if isinstance(source, Mapping):
         return dict(source), "sweep"
-    import yaml
+    from pimsim.config import load_yaml_text, read_text
 
     path = Path(source)
     label = str(source)
     if not path.is_file():
         raise PimsimError(f"{label}: no such sweep file")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PimsimError(f"{label}: malformed YAML{loc}: {problem}") from None
+    # UTF-8 only, and a key given twice (say under axes) is an error, not "last one wins"
+    doc = load_yaml_text(read_text(path, label, error=PimsimError), label)
     if not isinstance(doc, dict):
         raise PimsimError(f"{label}: a sweep file must be a YAML mapping")
     return doc, label
@@ -235,6 +230,11 @@ def plan(source) -> Plan:
         if key not in SWEEP_KEYS:
             raise where.error(str(key), f"unknown key (known: {', '.join(SWEEP_KEYS)})")
     name = doc.get("name", Path(label).stem if label != "sweep" else "sweep")
+    if not isinstance(name, str) or not name.strip() or not name.isprintable():
+        raise where.error("name", f"expected a non-empty one-line string, got {name!r}")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise where.error("description", f"expected a string, got {description!r}")
     preset = doc.get("preset", "pim-gpt")
     if not isinstance(preset, str):
         raise where.error("preset", f"expected a preset name or YAML file, got {preset!r}")
@@ -271,11 +271,11 @@ def plan(source) -> Plan:
     if sampling not in ("grid", "random"):
         raise where.error("sampling", f"expected grid or random, got {sampling!r}")
     samples, seed = doc.get("samples"), doc.get("seed", 0)
+    if not _is_int(seed):  # only random sampling draws, but a bad seed is wrong either way
+        raise where.error("seed", f"expected an integer, got {seed!r}")
     if sampling == "random":
         if not _is_int(samples) or samples < 1:
             raise where.error("samples", f"random sampling needs a positive integer, got {samples!r}")
-        if not _is_int(seed):
-            raise where.error("seed", f"expected an integer, got {seed!r}")
     elif samples is not None:
         raise where.error("samples", "applies to random sampling only")
 
@@ -440,34 +440,94 @@ def _encode_line(row: dict) -> str:
     return json.dumps(row, sort_keys=True, separators=(",", ":"), allow_nan=True) + "\n"
 
 
-def read_journal(path: str | os.PathLike, repair: bool = False) -> list[dict]:
-    """The rows of a journal, first occurrence of each index. A torn last line (a kill
-    in the middle of a write) is ignored, and with ``repair`` cut off the file."""
+def _record_problem(row, keys: Mapping[int, str] | None) -> str | None:
+    """What is wrong with a decoded journal line as a row of the plan (``None``: nothing)."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    for field in ("index", "point_key", "status"):
+        if field not in row:
+            return f"not a sweep row: no {field!r}"
+    idx = row["index"]
+    if not _is_int(idx) or idx < 0:
+        return f"index: expected a point number, got {idx!r}"
+    if row["status"] not in ("ok", "error"):
+        return f"status: expected ok or error, got {row['status']!r}"
+    if keys is not None:
+        if idx not in keys:
+            return f"index {idx} is not a point of this sweep ({len(keys)} points)"
+        if row["point_key"] != keys[idx]:
+            return f"point_key {row['point_key']!r} is not point {idx}'s ({keys[idx]!r})"
+    return None
+
+
+def read_journal(path: str | os.PathLike, repair: bool = False,
+                 keys: Mapping[int, str] | None = None) -> list[dict]:
+    """The rows of a journal, first occurrence of each index.
+
+    Only the text after the last newline may be damaged (a kill in the middle of a write):
+    it is ignored, and with ``repair`` cut off the file once every other line has been
+    checked. Any other line that is not a JSON row (an object with ``index``,
+    ``point_key`` and ``status``; with ``keys``, index -> point_key of the plan, a row of
+    that plan) raises a one-line :class:`PimsimError` naming ``path:LINE``; the file is
+    left as it is.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PimsimError(f"{path}: cannot read: {exc.strerror}") from None
     rows: dict[int, dict] = {}
-    good = 0
-    pos = 0
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        if end < 0:
-            break  # no newline: torn
+    good = data.rfind(b"\n") + 1   # complete lines end here; anything after is torn
+    for number, line in enumerate(data[:good].split(b"\n")[:-1], start=1):
         try:
-            row = json.loads(data[pos:end])
-            idx = row["index"]
-        except (ValueError, KeyError, TypeError):
-            break  # garbled: everything from here on is discarded
-        rows.setdefault(idx, row)
-        pos = end + 1
-        good = pos
+            row = json.loads(line)
+        except ValueError:
+            text = line[:40].decode("utf-8", "replace")
+            raise PimsimError(f"{path}:{number}: not a JSON line: {text!r}"
+                              f"{'...' if len(line) > 40 else ''}") from None
+        problem = _record_problem(row, keys)
+        if problem is not None:
+            raise PimsimError(f"{path}:{number}: {problem}")
+        rows.setdefault(row["index"], row)
     if repair and good < len(data):
         with open(path, "r+b") as fh:
             fh.truncate(good)
             fh.flush()
             os.fsync(fh.fileno())
     return [rows[i] for i in sorted(rows)]
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """A sweep folder's ``sweep.json``, checked: a one-line :class:`PimsimError` naming
+    the file when it is unreadable or not a sweep manifest."""
+    from pimsim.config import read_text
+
+    path = Path(path)
+    text = read_text(path, str(path), error=PimsimError)
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise PimsimError(f"{path}: not a sweep manifest: malformed JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise PimsimError(f"{path}: not a sweep manifest: expected a JSON object, "
+                          f"got {type(doc).__name__}")
+    for field, kind, what in (("name", str, "a string"), ("digest", str, "a string"),
+                              ("axes", list, "a list"), ("points", list, "a list")):
+        if not isinstance(doc.get(field), kind):
+            got = "nothing" if field not in doc else type(doc[field]).__name__
+            raise PimsimError(f"{path}: not a sweep manifest: {field}: expected {what}, got {got}")
+    for i, point in enumerate(doc["points"]):
+        if (not isinstance(point, dict) or not _is_int(point.get("index")) or point["index"] != i
+                or not isinstance(point.get("point_key"), str)):
+            raise PimsimError(f"{path}: not a sweep manifest: points[{i}]: expected the "
+                              f"point with index {i} and its point_key")
+    return doc
+
+
+def _manifest_keys(manifest: dict) -> dict[int, str]:
+    return {p["index"]: p["point_key"] for p in manifest["points"]}
 
 
 class _Journal:
@@ -648,34 +708,94 @@ def _run_pool(points: list[dict], workers: int) -> Iterator[dict]:
         todo.sort(key=lambda p: p["index"])
 
 
-def _run_dask(points: list[dict], scheduler) -> Iterator[dict]:
-    """A Dask distributed cluster: ``scheduler`` is an address or a ``Client``."""
+#: Dask comm schemes a scheduler address may have (each followed by HOST:PORT)
+_SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+#: seconds to wait for a Dask scheduler to answer
+_CONNECT_TIMEOUT_S = 10
+
+
+def _scheduler_host_port(address: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a ``[scheme://]HOST:PORT`` address (scheme tcp when
+    missing); a malformed address is a one-line :class:`PimsimError`."""
+    def bad(why: str) -> PimsimError:
+        return PimsimError(f"scheduler address {address!r}: {why}; expected tcp://HOST:PORT, "
+                           f"e.g. tcp://10.0.0.5:8786")
+
+    if not address.strip() or address != address.strip():
+        raise bad("empty or padded with spaces")
+    scheme, sep, loc = address.rpartition("://")
+    scheme = scheme if sep else "tcp"
+    if scheme not in _SCHEDULER_SCHEMES:
+        raise bad(f"unknown scheme {scheme!r} (known: {', '.join(_SCHEDULER_SCHEMES)})")
+    if loc.startswith("["):  # [IPv6]:port
+        host, close, tail = loc[1:].partition("]")
+        port = tail[1:] if close and tail.startswith(":") else ""
+    else:
+        host, colon, port = loc.rpartition(":")
+        if not colon or ":" in host:
+            host, port = loc, ""
+    if not host or "/" in host:
+        raise bad("no host")
+    if not port:
+        raise bad("no port number")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad(f"port {port!r} is not a number from 1 to 65535")
+    return scheme, host, int(port)
+
+
+def _connect(scheduler):
+    """A ``distributed.Client`` for ``scheduler`` (an address, a Client, or anything a
+    Client takes, such as a ``LocalCluster``), and whether this call made it (and must
+    close it). An address is checked and reached here, before a sweep writes anything: a
+    malformed one fails at once, an unreachable one within :data:`_CONNECT_TIMEOUT_S`
+    seconds, each as a one-line :class:`PimsimError`."""
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:
         raise PimsimError("--scheduler needs dask[distributed] (pip install 'pimsim[dist]')") from None
-    own = not isinstance(scheduler, Client)
-    if own:
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    if isinstance(scheduler, str):
+        _, host, port = _scheduler_host_port(scheduler)
+        # a plain socket first: a refused or unknown address fails at once (a Client
+        # would retry until its timeout, and can hang on close when it never connected)
+        import socket
+
         try:
-            client = Client(scheduler, timeout="10s", set_as_default=False)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise PimsimError(f"cannot reach the Dask scheduler at {scheduler}: {_one_line(exc)}") from None
-    else:
-        client = scheduler
+            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise PimsimError(f"cannot reach the Dask scheduler at {scheduler}: {reason}") from None
     try:
-        futures = [client.submit(run_point, p, pure=False) for p in points]
-        where = {f.key: p for f, p in zip(futures, points)}
-        for f in as_completed(futures, loop=client.loop):
-            try:
-                row = f.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: record and go on
-                row = point_row(where[f.key])
-                row.update(status="error", error=_one_line(exc))
-            f.release()
-            yield row
-    finally:
-        if own:
-            client.close()
+        client = Client(scheduler, timeout=f"{_CONNECT_TIMEOUT_S}s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise PimsimError(f"cannot reach the Dask scheduler at {scheduler}: {_one_line(exc)}") from None
+    return client, True
+
+
+def _run_dask(points: list[dict], client) -> Iterator[dict]:
+    """The points on a Dask distributed cluster, through a connected ``Client``."""
+    from distributed import as_completed
+
+    futures = [client.submit(run_point, p, pure=False) for p in points]
+    where = {f.key: p for f, p in zip(futures, points)}
+    for f in as_completed(futures, loop=client.loop):
+        try:
+            row = f.result()
+        except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: record and go on
+            row = point_row(where[f.key])
+            row.update(status="error", error=_one_line(exc))
+        f.release()
+        yield row
+
+
+def _new_folders(path: Path) -> list[Path]:
+    """The folders that creating ``path`` would make, deepest first."""
+    made = []
+    while not path.exists() and path.parent != path:
+        made.append(path)
+        path = path.parent
+    return made
 
 
 def sweep(source, *, workers: int | None = 1, scheduler=None, out: str | os.PathLike | None = None,
@@ -684,69 +804,99 @@ def sweep(source, *, workers: int | None = 1, scheduler=None, out: str | os.Path
 
     ``workers`` 1 runs the points in this process; more uses a local process pool
     (``None``: one per core). ``scheduler`` (an address such as ``tcp://host:8786``, or a
-    ``distributed.Client``) runs them on a Dask cluster instead. With ``out`` the plan,
-    the journal and the tables go to that folder: every finished row is appended to
-    ``journal.jsonl`` (fsynced) as it arrives, and ``results.csv``/``results.jsonl``
-    (sorted by point index) are written when the sweep ends; ``resume`` skips points the
-    journal already holds. ``progress(done, total, row)`` hears about each finished point.
+    ``distributed.Client``) runs them on a Dask cluster instead; an address is reached
+    before anything is written. With ``out`` the plan, the journal and the tables go to
+    that folder: every finished row is appended to ``journal.jsonl`` (fsynced) as it
+    arrives, and ``results.csv``/``results.jsonl`` (sorted by point index) are written
+    when the sweep ends; ``resume`` skips points the journal already holds, after checking
+    the folder's manifest and every journal line (a damaged folder is an error, and is
+    left as it is). A new sweep that fails before its first point finishes leaves no
+    files behind. ``progress(done, total, row)`` hears about each finished point.
     """
+    if scheduler is not None and isinstance(scheduler, str):
+        _scheduler_host_port(scheduler)  # a malformed address fails before the plan is made
     the_plan = plan(source)
     if workers is not None and (not _is_int(workers) or workers < 1):
         raise PimsimError(f"workers must be a positive integer, got {workers!r}")
     n_workers = _default_workers() if workers is None else workers
-    finished: list[dict] = []
-    journal = None
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        from pimsim.io import atomic_write
+    if out_dir is None and resume:
+        raise PimsimError("resume needs an output folder (--out)")
 
+    # everything that can be checked is checked before the first byte is written
+    finished: list[dict] = []
+    fresh = out_dir is not None
+    keys = {p.index: p.key for p in the_plan.points}
+    if out_dir is not None:
         manifest = out_dir / MANIFEST
         if manifest.exists():
-            try:
-                old = json.loads(manifest.read_text())
-            except ValueError:
-                raise PimsimError(f"{manifest}: not a sweep manifest") from None
             if not resume:
                 raise PimsimError(f"{out_dir} already holds a sweep; pass --resume to finish it "
                                   f"or choose another --out")
-            if old.get("digest") != the_plan.digest:
-                raise PimsimError(f"{out_dir} holds a different sweep ({old.get('name')!r}, "
-                                  f"{len(old.get('points', []))} points); choose another --out")
-            finished = read_journal(out_dir / JOURNAL, repair=True)
+            old = read_manifest(manifest)
+            if old["digest"] != the_plan.digest:
+                raise PimsimError(f"{out_dir} holds a different sweep ({old['name']!r}, "
+                                  f"{len(old['points'])} points); choose another --out")
+            finished = read_journal(out_dir / JOURNAL, keys=keys)  # checks every line
+            fresh = False
         elif resume and (out_dir / JOURNAL).exists():
             raise PimsimError(f"{out_dir}: a journal without {MANIFEST}; cannot resume")
-        else:
-            with atomic_write(manifest) as fh:
-                fh.write(json.dumps(the_plan.manifest(), indent=1, sort_keys=True) + "\n")
-            (out_dir / JOURNAL).unlink(missing_ok=True)
-        journal = _Journal(out_dir / JOURNAL)
-    elif resume:
-        raise PimsimError("resume needs an output folder (--out)")
+    client, own_client = _connect(scheduler) if scheduler is not None else (None, False)
 
-    keys = {p.index: p.key for p in the_plan.points}
-    done = {r["index"]: r for r in finished if keys.get(r["index"]) == r.get("point_key")}
-    todo = [p.to_dict() for p in the_plan.points if p.index not in done]
-    total = len(the_plan.points)
-    count = len(done)
-    if scheduler is not None:
-        runner = _run_dask(todo, scheduler)
-    elif n_workers == 1 or len(todo) <= 1:
-        runner = _run_inline(todo)
-    else:
-        runner = _run_pool(todo, n_workers)
+    journal = None
+    made = _new_folders(out_dir) if fresh else []
+    recorded = 0
     try:
-        for row in runner:
-            done[row["index"]] = row
+        if out_dir is not None:
+            from pimsim.io import atomic_write
+
+            if fresh:
+                with atomic_write(out_dir / MANIFEST) as fh:
+                    fh.write(json.dumps(the_plan.manifest(), indent=1, sort_keys=True) + "\n")
+                (out_dir / JOURNAL).unlink(missing_ok=True)
+            else:
+                read_journal(out_dir / JOURNAL, repair=True, keys=keys)  # cut a torn last line
+            journal = _Journal(out_dir / JOURNAL)
+
+        done = {r["index"]: r for r in finished}
+        todo = [p.to_dict() for p in the_plan.points if p.index not in done]
+        total = len(the_plan.points)
+        count = len(done)
+        if client is not None:
+            runner = _run_dask(todo, client)
+        elif n_workers == 1 or len(todo) <= 1:
+            runner = _run_inline(todo)
+        else:
+            runner = _run_pool(todo, n_workers)
+        try:
+            for row in runner:
+                done[row["index"]] = row
+                if journal is not None:
+                    journal.append(row)
+                    recorded += 1
+                count += 1
+                if progress is not None:
+                    progress(count, total, row)
+        finally:
+            if hasattr(runner, "close"):
+                runner.close()
             if journal is not None:
-                journal.append(row)
-            count += 1
-            if progress is not None:
-                progress(count, total, row)
-    finally:
-        if hasattr(runner, "close"):
-            runner.close()
+                journal.close()
+                journal = None
+    except BaseException:
         if journal is not None:
             journal.close()
+        if fresh and recorded == 0:  # a new sweep that finished nothing: leave nothing
+            for name in (MANIFEST, JOURNAL):
+                with contextlib.suppress(OSError):
+                    (out_dir / name).unlink(missing_ok=True)
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+        raise
+    finally:
+        if own_client:
+            client.close()
     result = SweepResult(name=the_plan.name, rows=[done[i] for i in sorted(done)], axes=the_plan.axes,
                          total=total, out=str(out_dir) if out_dir is not None else None,
                          skipped=len(finished))
@@ -771,11 +921,10 @@ def write_tables(result: SweepResult, out_dir: str | os.PathLike) -> dict[str, P
 def load(out_dir: str | os.PathLike) -> SweepResult:
     """A sweep folder's table as it stands (finished rows of the journal, sorted)."""
     out_dir = Path(out_dir)
-    try:
-        manifest = json.loads((out_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        raise PimsimError(f"{out_dir}: no sweep manifest ({MANIFEST})") from None
-    rows = read_journal(out_dir / JOURNAL)
+    if not (out_dir / MANIFEST).is_file():
+        raise PimsimError(f"{out_dir}: no sweep manifest ({MANIFEST})")
+    manifest = read_manifest(out_dir / MANIFEST)
+    rows = read_journal(out_dir / JOURNAL, keys=_manifest_keys(manifest))
     return SweepResult(name=manifest["name"], rows=rows, axes=tuple(manifest.get("axes", ())),
                        total=len(manifest["points"]), out=str(out_dir))
 
@@ -790,4 +939,4 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["Plan", "Point", "SweepResult", "load", "pareto_front", "plan", "preset_value",
-           "read_journal", "run_point", "sweep", "write_tables"]
+           "read_journal", "read_manifest", "run_point", "sweep", "write_tables"]

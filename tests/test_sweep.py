@@ -117,6 +117,12 @@ BAD = [
     ({"prompt": -1}, "prompt: expected a non-negative"),
     ({"preset": "pim-xyz"}, "preset: unknown preset 'pim-xyz'"),
     ({"set": ["refresh.policy=sometimes"]}, "set: --set refresh.policy=sometimes"),
+    # the seed is checked with grid sampling too (only random sampling uses it)
+    ({"seed": "abc"}, "seed: expected an integer, got 'abc'"),
+    ({"sampling": "random", "samples": 2, "seed": 1.5}, "seed: expected an integer, got 1.5"),
+    ({"name": [1]}, "name: expected a non-empty one-line string, got [1]"),
+    ({"name": "two\nlines"}, "name: expected a non-empty one-line string, got 'two\\nlines'"),
+    ({"description": {"a": 1}}, "description: expected a string, got {'a': 1}"),
 ]
 
 
@@ -139,6 +145,60 @@ def test_cli_bad_file_exits_2_without_output(tmp_path, capsys):
     assert err.startswith(f"pimsim: error: {path}: axes (") and "pim.mac_lanes=5" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def _cli_error(capsys) -> str:
+    """The one line `pimsim sweep` wrote to stderr (and nothing else: no traceback)."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.e2e
+def test_cli_sweep_file_not_utf8_or_with_a_key_twice_is_one_line_error(tmp_path, capsys):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\n\xff\xfe\x00garbage\n")
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(GRID.replace("  pim.mac_lanes: [8, 16]\n",
+                                  "  pim.mac_lanes: [8, 16]\n  asic.clock_MHz: [4000]\n"))
+    out = tmp_path / "out"
+    assert main(["sweep", str(binary), "--out", str(out)]) == 2
+    assert _cli_error(capsys) == f"pimsim: error: {binary}: not UTF-8 text (byte 0xff at offset 8)"
+    assert main(["sweep", str(twice), "--out", str(out)]) == 2
+    assert _cli_error(capsys) == (f"pimsim: error: {twice}: malformed YAML at line 9: key "
+                                  f"'asic.clock_MHz' given twice (first at line 6)")
+    assert not out.exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("address,message", [
+    ("bogus", "scheduler address 'bogus': no port number; expected tcp://HOST:PORT"),
+    ("tcp://host:port", "scheduler address 'tcp://host:port': port 'port' is not a number"),
+    ("inproc://x", "scheduler address 'inproc://x': unknown scheme 'inproc'"),
+    ("CLOSED", "cannot reach the Dask scheduler at tcp://127.0.0.1:{port}: Connection refused"),
+], ids=["no-port", "bad-port", "scheme", "refused"])
+def test_cli_bad_scheduler_fails_fast_and_writes_nothing(grid_file, tmp_path, capsys, address, message):
+    pytest.importorskip("distributed")
+    port = _closed_port()
+    address = address.replace("CLOSED", f"tcp://127.0.0.1:{port}")
+    new = tmp_path / "new" / "out"          # made by nobody: must not be made
+    kept = tmp_path / "kept"                # the user's folder: must stay as it was
+    kept.mkdir()
+    for out in (new, kept):
+        start = time.monotonic()
+        assert main(["sweep", str(grid_file), "--scheduler", address, "--out", str(out)]) == 2
+        assert time.monotonic() - start < 5
+        err = _cli_error(capsys)
+        assert err.startswith("pimsim: error: " + message.format(port=port)), err
+    assert not (tmp_path / "new").exists() and list(kept.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- execution
@@ -220,6 +280,109 @@ def test_an_existing_sweep_folder_needs_resume(grid_file, reference, tmp_path):
         sweeps.sweep({"prompt": 5}, out=tmp_path, resume=True)
     again = sweeps.sweep({"prompt": 4}, out=tmp_path, resume=True)
     assert again.skipped == 1 and again.complete
+
+
+#: two cheap points, finished once per module and copied by each resume test
+PAIR = """\
+prompt: 4
+axes:
+  asic.clock_MHz: [500, 1000]
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """A sweep file and the folder of its finished sweep."""
+    root = tmp_path_factory.mktemp("pair")
+    path = root / "pair.yaml"
+    path.write_text(PAIR)
+    assert sweeps.sweep(path, out=root / "done").complete
+    return path, root / "done"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _damage_appended_non_row(out: Path) -> None:
+    with open(out / sweeps.JOURNAL, "ab") as fh:
+        fh.write(b'{"index": 99}\n')
+
+
+def _damage_manifest_a_list(out: Path) -> None:
+    (out / sweeps.MANIFEST).write_text("[1,2]\n")
+
+
+def _damage_first_line_garbage(out: Path) -> None:
+    journal = out / sweeps.JOURNAL
+    journal.write_bytes(b"garbage\n" + journal.read_bytes())
+
+
+def _damage_a_foreign_row(out: Path) -> None:
+    with open(out / sweeps.JOURNAL, "ab") as fh:
+        fh.write(b'{"index": 0, "point_key": "0000", "status": "ok"}\n{"index": 1')
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("damage,message", [
+    (_damage_appended_non_row, "journal.jsonl:3: not a sweep row: no 'point_key'"),
+    (_damage_manifest_a_list, "sweep.json: not a sweep manifest: expected a JSON object, got list"),
+    (_damage_first_line_garbage, "journal.jsonl:1: not a JSON line: 'garbage'"),
+    (_damage_a_foreign_row, "journal.jsonl:3: point_key '0000' is not point 0's"),
+], ids=["non-row", "manifest-list", "garbage-first", "foreign-row"])
+def test_resume_of_a_damaged_folder_is_an_error_that_changes_nothing(finished_pair, tmp_path, capsys,
+                                                                   damage, message):
+    """Only a torn last line may be dropped: any other bad line (or a manifest that is
+    not one) is a one-line error naming the file and line, and no file is rewritten."""
+    import shutil
+
+    path, done = finished_pair
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    damage(out)
+    before = _snapshot(out)
+    assert main(["sweep", str(path), "--workers", "1", "--out", str(out), "--resume"]) == 2
+    err = _cli_error(capsys)
+    assert err.startswith(f"pimsim: error: {out}{os.sep}{message}"), err
+    assert _snapshot(out) == before
+    with pytest.raises(PimsimError) as info:
+        sweeps.load(out)
+    assert str(info.value).startswith(f"{out}{os.sep}{message}")
+
+
+@pytest.mark.e2e
+def test_resume_drops_only_a_torn_last_line(finished_pair, tmp_path, capsys):
+    import shutil
+
+    path, done = finished_pair
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    journal = out / sweeps.JOURNAL
+    with open(journal, "ab") as fh:
+        fh.write(b'{"index": 1, "status": "ok", "tokens_per')
+    assert len(sweeps.load(out).rows) == 2
+    assert main(["sweep", str(path), "--workers", "1", "--out", str(out), "--resume"]) == 0
+    assert "2 of 2 points (0 run, 2 already finished)" in capsys.readouterr().out
+    assert journal.read_bytes() == (done / sweeps.JOURNAL).read_bytes()
+    assert _files(out) == _files(done)
+
+
+@pytest.mark.e2e
+def test_a_new_sweep_that_fails_before_its_first_point_leaves_nothing(tmp_path, monkeypatch):
+    def broken(points):
+        raise PimsimError("lost the cluster")
+        yield  # a generator, like the real runners
+
+    monkeypatch.setattr(sweeps, "_run_inline", broken)
+    new = tmp_path / "a" / "b"
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    for out in (new, kept):
+        with pytest.raises(PimsimError, match="lost the cluster"):
+            sweeps.sweep({"prompt": 4}, out=out)
+    assert not (tmp_path / "a").exists()
+    assert _snapshot(kept) == {"notes.txt": b"mine"}
 
 
 @pytest.mark.e2e
