@@ -12,6 +12,7 @@ entry per stored 32-B column, :meth:`Placement.elements` one per element.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from mappings.layout import Region
 from mappings.strategies import Attention, Geometry, Linear, Strategy, cols
 from pimsim.errors import PimsimError
+from workloads.schema import model_context as config_context
 
 
 class MappingError(PimsimError):
@@ -189,17 +191,37 @@ def _linears_and_attention(trace, reserve: int) -> tuple[dict[str, Linear], dict
 
 
 def model_context(trace) -> int | None:
-    for key in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        v = trace.config.get(key)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
+    """The model's maximum context in positions (``workloads.schema.CONTEXT_KEYS``), or
+    None when its config gives none."""
+    return config_context(trace.config)
+
+
+def _check_kv_reserve(trace, g: Geometry, strategy: Strategy, att: dict[int, Attention],
+                      preset: str) -> None:
+    """A KV reserve whose elements alone (every layer's K and V, BF16) exceed all channels
+    is a :class:`CapacityError` before any per-position table is built (the full check
+    below needs the regions, which enumerate the positions)."""
+    kv = sum(2 * a.kv_heads * a.head_dim * a.reserve for a in att.values()) * g.elem_bytes
+    have = g.channels * g.channel_bytes
+    if kv > have:
+        positions = max(a.reserve for a in att.values())
+        raise CapacityError(
+            f"{trace.model} ({strategy.name}) does not fit {preset or 'the spec'}: the KV "
+            f"reserve for {positions} positions alone needs at least {kv} B ({len(att)} "
+            f"layers of K and V), more than the {have} B of all {g.channels} channels "
+            f"(organization.channels); reserve fewer positions (max_context)")
 
 
 def place(trace, g: Geometry, strategy: Strategy, max_context: int | None,
           preset: str = "") -> Placement:
+    if max_context is not None:
+        if isinstance(max_context, bool) or not isinstance(max_context, numbers.Integral) \
+                or max_context < 1:
+            raise MappingError(f"{trace.model}: max_context must be a positive integer (KV "
+                               f"positions to reserve), got {max_context!r}")
+        max_context = int(max_context)
     ctx = max_context if max_context is not None else model_context(trace)
-    if ctx is None or ctx < 1:
+    if ctx is None:
         raise MappingError(f"{trace.model}: no maximum context in the config "
                            f"(n_positions / max_position_embeddings); pass max_context")
     lins, att = _linears_and_attention(trace, ctx)
@@ -207,6 +229,7 @@ def place(trace, g: Geometry, strategy: Strategy, max_context: int | None,
         if a.head_dim > g.tile_cols * g.values_per_column:
             raise MappingError(f"{trace.model}: layer {a.layer} head_dim {a.head_dim} exceeds "
                                f"one global-buffer load ({g.tile_cols * g.values_per_column})")
+    _check_kv_reserve(trace, g, strategy, att, preset)
 
     # regions in execution order (first use of each weight, KV at the layer's first attention op)
     regions: list[Region] = []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pimsim.errors import PimsimError
+from workloads.schema import not_utf8
 
 MODELS_DIR = Path(__file__).parent / "models"
 TRACES_DIR = Path(__file__).parent / "traces"
@@ -46,6 +47,8 @@ def _load_entry(path: Path) -> ModelEntry:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RegistryError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"{path}: {not_utf8(exc)}") from None
     except json.JSONDecodeError as exc:
         raise RegistryError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
     if not isinstance(data, dict):

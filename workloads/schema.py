@@ -146,6 +146,10 @@ OP_FIELDS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "other": {"aten": _str, "inputs": None, "outputs": None},
 })
 
+#: Config keys that give the model's maximum context in positions, in the order they are
+#: read (the first one present gives it). Each is null or a positive integer.
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length")
+
 TOP_FIELDS = ("schema", "schema_version", "model", "source", "config", "config_hash",
               "libraries", "dtype", "parameters", "weights", "phases")
 
@@ -215,6 +219,15 @@ class Trace:
 # --- validation ---------------------------------------------------------------------------
 
 
+def model_context(config: Mapping[str, Any]) -> int | None:
+    """The maximum context (positions) a config gives (:data:`CONTEXT_KEYS`), or None."""
+    for key in CONTEXT_KEYS:
+        v = config.get(key)
+        if type(v) is int and v > 0:
+            return v
+    return None
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of an architecture config."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -271,6 +284,10 @@ def trace_from_dict(data: Any, origin: str = "<trace>") -> Trace:
         c.fail("config", "an object with a model_type", config)
     if config_hash(config) != data["config_hash"]:
         c.fail("config_hash", f"{config_hash(config)} (hash of config)", data["config_hash"])
+    for key in CONTEXT_KEYS:
+        if config.get(key) is not None and _pos_int(config[key]):
+            c.fail(f"config.{key}", "null or a positive integer (the maximum context, in "
+                   "positions)", config[key])
     libraries = c.need(data, "libraries", "")
     if not isinstance(libraries, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in libraries.items()):
@@ -378,11 +395,18 @@ def load_trace(path: str | os.PathLike) -> Trace:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise TraceError(f"{path}: cannot read trace: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: {not_utf8(exc)}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TraceError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
     return trace_from_dict(data, origin=str(path))
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """What is wrong with a file that is not UTF-8 (the first bad byte and its offset)."""
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
 
 
 def dumps(data: Mapping[str, Any]) -> str:

@@ -40,7 +40,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from workloads.schema import CTX, SCHEMA_NAME, SCHEMA_VERSION, TraceError, config_hash
+from workloads.schema import (CONTEXT_KEYS, CTX, SCHEMA_NAME, SCHEMA_VERSION, TraceError,
+                              config_hash)
 
 #: Config keys that describe the library rather than the architecture; left out of the
 #: trace's config (and its hash) so that the hash identifies the architecture.
@@ -48,6 +49,12 @@ VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "_commit_hash",
                         "_attn_implementation_autoset")
 
 DTYPES = ("bfloat16", "float16", "float32")
+
+#: Config sizes (layer, head and feature counts, the vocabulary, the context) that must be
+#: positive integers where a config.json gives them (null: the architecture's default).
+SIZE_KEYS = ("n_layer", "num_hidden_layers", "num_layers", "n_layers", "n_head",
+             "num_attention_heads", "num_key_value_heads", "n_embd", "hidden_size",
+             "intermediate_size", "n_inner", "ffn_dim", "head_dim", "vocab_size") + CONTEXT_KEYS
 
 #: aten ops that only re-index, re-shape or re-type a tensor: transparent to the data flow.
 STRUCTURAL = frozenset({
@@ -196,6 +203,11 @@ def build_config(config: Mapping[str, Any], origin: str):
     if model_type not in CONFIG_MAPPING:
         raise TraceError(f"{origin}: model_type: unknown architecture {model_type!r} "
                          f"(not in this transformers)")
+    for key in SIZE_KEYS:
+        v = config.get(key)
+        if v is not None and (type(v) is not int or v < 1):
+            shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+            raise TraceError(f"{origin}: {key}: expected a positive integer, got {shown}")
     values = {k: v for k, v in config.items() if k not in VOLATILE_CONFIG_KEYS}
     try:
         cfg = CONFIG_MAPPING[model_type].from_dict(values)

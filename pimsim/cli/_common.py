@@ -34,7 +34,11 @@ def write_files(out: str, files: dict[str, bytes]) -> None:
 
 
 def check_out(path: str | None, folder: bool) -> None:
-    """Fail before any work when ``--out`` names a place that cannot be written."""
+    """Fail before any work when ``--out`` names a place that cannot be written (or is
+    empty)."""
+    if path is not None and not str(path):
+        raise PimsimError(f"--out: empty path (name the {'folder' if folder else 'file'} "
+                          f"to write)")
     if path:
         from pimsim.io import check_output
 

@@ -55,7 +55,12 @@ def run(args) -> int:
     import mappings
     import workloads
     from pimsim.config import load_preset
+    from pimsim.errors import PimsimError
 
+    for flag, value, what in (("--max-context", args.max_context, "KV positions to reserve"),
+                              ("--kv-len", args.kv_len, "KV length of the decode step")):
+        if value is not None and value < 1:
+            raise PimsimError(f"{flag} must be a positive integer ({what}), got {value}")
     if os.path.exists(args.model):
         trace = workloads.load_trace(args.model)
     else:

@@ -18,8 +18,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from pimsim.config import load_preset, preset_names
+    from pimsim.errors import PimsimError
 
     if not args.name:
+        if args.overrides:
+            raise PimsimError(f"--set {args.overrides[0]}: --set needs a preset NAME to apply "
+                              f"to (e.g. pimsim presets pim-gpt --set {args.overrides[0]})")
         for name in preset_names():
             spec = load_preset(name)
             print(f"{name:14s} {spec.description}")

@@ -49,14 +49,28 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pimsim.errors import PimsimError
 
+    if args.ctx is not None and args.ctx < 1:
+        raise PimsimError(f"--ctx must be a positive integer (the context length), got {args.ctx}")
     if args.list:
         return _list()
     if args.check:
         return _check(args)
-    if not args.out:
+    if args.out is None:
         raise PimsimError("trace: --out: missing (where to write the trace)")
     check_out(args.out, folder=False)
     return _trace(args)
+
+
+def _check_ctx(trace, ctx: int | None) -> None:
+    """``--ctx`` beyond the model's maximum context is an error naming both."""
+    from pimsim.errors import PimsimError
+    from workloads.schema import CONTEXT_KEYS, model_context
+
+    limit = model_context(trace.config)
+    if ctx is not None and limit is not None and ctx > limit:
+        key = next(k for k in CONTEXT_KEYS if trace.config.get(k) == limit)
+        raise PimsimError(f"--ctx {ctx}: more than the maximum context of {trace.model}, "
+                          f"{limit} positions (config.{key})")
 
 
 def _list() -> int:
@@ -89,6 +103,7 @@ def _check(args) -> int:
     if not path.exists() and args.check in model_names():
         path = TRACES_DIR / f"{args.check}.json"
     trace = load_trace(path)
+    _check_ctx(trace, args.ctx)
     s = summarize(trace, ctx=args.ctx)
     if args.json:
         print(json.dumps(s, indent=2, sort_keys=True))
@@ -121,7 +136,7 @@ def _trace(args) -> int:
     from pimsim.errors import PimsimError
     from workloads.generate import DEFAULT_PROMPT
     from workloads.registry import get_model
-    from workloads.schema import TraceError, trace_from_dict, write_trace
+    from workloads.schema import TraceError, not_utf8, trace_from_dict, write_trace
     from workloads.summary import summarize
 
     prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
@@ -135,6 +150,8 @@ def _trace(args) -> int:
             config = json.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise TraceError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"{path}: {not_utf8(exc)}") from None
         except json.JSONDecodeError as exc:
             raise TraceError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
         name = args.name or (path.stem if path.stem != "config" else path.resolve().parent.name)
@@ -151,7 +168,9 @@ def _trace(args) -> int:
           file=sys.stderr, flush=True)
     data = trace_config(config, name=name, source=source, origin=origin, prompt=prompt,
                         dtype=args.dtype)
-    write_trace(data, args.out)
     trace = trace_from_dict(data, origin=args.out)
-    print(_format_summary(args.out, trace, summarize(trace, ctx=args.ctx)))
+    _check_ctx(trace, args.ctx)
+    s = summarize(trace, ctx=args.ctx)
+    write_trace(data, args.out)
+    print(_format_summary(args.out, trace, s))
     return 0

@@ -100,7 +100,7 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
     import mappings
     import workloads
     from pimsim import __version__
-    from pimsim.api import trace_hash
+    from pimsim.api import _check_asic_buffer, trace_hash
     from pimsim.config import load_preset
     from pimsim.functional import reference as R
 
@@ -108,6 +108,10 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
         raise PimsimError(f"steps must be a positive number of decode steps, got {steps!r}")
     if not isinstance(prompt, int) or prompt < 0:
         raise PimsimError(f"prompt must be a non-negative number of tokens, got {prompt!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
+            not 0 <= seed < 2**64:
+        raise PimsimError(f"seed must be an integer in 0 .. 2**64 - 1, got {seed!r}")
+    seed = int(seed)
     refs = list(REFERENCES if references is None else references)
     bad = [m for m in refs if m not in REFERENCES]
     if bad:
@@ -130,6 +134,7 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
     if limit is not None and positions > limit:
         raise PimsimError(f"{trace.model}: {prompt} prompt tokens plus {steps} steps need "
                           f"{positions} positions; the model has {limit}")
+    _check_asic_buffer(trace, spec, positions)   # as simulate: the SRAM must hold the run
     if tokens is not None:
         tokens = list(tokens)
         if len(tokens) != positions or any(not isinstance(t, (int, np.integer)) or
