@@ -326,7 +326,7 @@ class Param:
 
 PRESET_SECTIONS: dict[str, list[Param]] = {
     "organization": [
-        Param("channels", "int", "", "independent channels"),
+        Param("channels", "int", "", "independent channels (at most 1,024)", maximum=1024),
         Param("bankgroups", "int", "", "bank groups per channel"),
         Param("banks_per_bankgroup", "int", "", "banks per bank group"),
         Param("rows", "int", "", "rows per bank"),

@@ -114,7 +114,9 @@ def test_overrides_of_the_wrong_shape(overrides, pattern):
     ("timing.nRP=0x1F", r"--set timing.nRP=0x1F: .*got '0x1F'"),
     # values no 64-bit simulation can hold, and clocks too slow to mean anything
     ("timing.nRP=4611686018427387904", r"--set timing.nRP=4611686018427387904: must be at most 2,147,483,647"),
-    ("organization.channels=100000000000000000000000", r"organization.channels=.*: must be at most 2,147,483,647"),
+    ("organization.channels=100000000000000000000000", r"organization.channels=.*: must be at most 1,024"),
+    ("organization.channels=1025", r"--set organization.channels=1025: must be at most 1,024, got 1025"),
+    ("organization.rows=2147483648", r"--set organization.rows=2147483648: must be at most 2,147,483,647"),
     ("link.latency_ps=100000000000000000000", r"link.latency_ps=.*: must be at most 2,147,483,647 \(ps\)"),
     ("asic.clock_MHz=0.000001", r"--set asic.clock_MHz=0.000001: must be >= 1 \(MHz\), got 1e-06"),
     ("pim.clock_MHz=0.5", r"--set pim.clock_MHz=0.5: must be >= 1 \(MHz\)"),
