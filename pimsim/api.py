@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+import numpy as np
+
 from pimsim.errors import PimsimError
 
 CATEGORIES = {  # program categories -> breakdown names
@@ -112,6 +114,14 @@ def _check_asic_buffer(trace, spec, kv_len: int) -> int:
     return need
 
 
+def _count(value, name: str, what: str, least: int) -> int:
+    """An integer argument (numpy integers too; bool is not a count) of at least ``least``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < least:
+        raise PimsimError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mapping = (), prompt: int = 32,
              tokens: int = 8, strategy: str = "pim-gpt", timeline: bool = False,
              check: bool = False, replay: bool = True, scheduler: str = "compiled",
@@ -136,10 +146,13 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mappi
     from pimsim.energy import energy_ranges
     from pimsim.system import SystemSimulator
 
-    if not isinstance(prompt, int) or prompt < 0:
-        raise PimsimError(f"prompt must be a non-negative number of tokens, got {prompt!r}")
-    if not isinstance(tokens, int) or tokens < 1:
-        raise PimsimError(f"tokens must be a positive number of decode steps, got {tokens!r}")
+    prompt = _count(prompt, "prompt", "a non-negative number of tokens", 0)
+    tokens = _count(tokens, "tokens", "a positive number of decode steps", 1)
+    for name, flag in (("timeline", timeline), ("check", check), ("replay", replay)):
+        if not isinstance(flag, bool):
+            raise PimsimError(f"{name} must be True or False, got {flag!r}")
+    if progress is not None and not callable(progress):
+        raise PimsimError(f"progress must be a callable (done, total) or None, got {progress!r}")
     spec = load_preset(preset, overrides)
     trace = load_model(model)
     limit = mappings.model_context(trace)

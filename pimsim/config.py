@@ -494,11 +494,16 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def override_texts(overrides) -> list[str]:
     """Overrides as ``KEY=VALUE`` texts: from an iterable of such texts, or from a mapping
-    ``{key: value}`` (values written as YAML scalars, so they read back as given)."""
+    ``{key: value}`` (values written as YAML scalars, so they read back as given; numpy
+    scalars count as their Python values). None means no overrides."""
+    if overrides is None:
+        return []
     if isinstance(overrides, Mapping):
         out = []
         for key, value in overrides.items():
-            if isinstance(value, (dict, list, tuple, set)):
+            if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+                value = value.item()   # a numpy scalar
+            if value is not None and not isinstance(value, (str, int, float, bool)):
                 raise ConfigError(f"overrides: {key}: value must be a scalar, got {value!r}")
             text = value if isinstance(value, str) else yaml.safe_dump(value).splitlines()[0]
             out.append(f"{key}={text}")
@@ -506,6 +511,9 @@ def override_texts(overrides) -> list[str]:
     if isinstance(overrides, (str, bytes)):
         raise ConfigError(f"overrides: expected a list of KEY=VALUE texts or a mapping, "
                           f"got the single text {overrides!r}")
+    if not isinstance(overrides, Iterable):
+        raise ConfigError(f"overrides: expected a list of KEY=VALUE texts or a mapping, "
+                          f"got {overrides!r}")
     out = list(overrides)
     for text in out:
         if not isinstance(text, str):

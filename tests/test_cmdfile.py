@@ -60,6 +60,19 @@ def test_malformed_lines(text, pattern):
         parse_commands(text, "t.cmds")
 
 
+@pytest.mark.parametrize("text,pattern", [
+    (b"0 ACT16 -1 -1 0 -1\n-44 MAC16 -1 -1 0 0\n",
+     r"t.expected:2: cycle -44 is negative \(cycles count from the first command, at cycle 0\)"),
+    (b"0 ACT16 -1 -1 0 -1\n9223372036854775000 MAC16 -1 -1 0 0\n",
+     r"t.expected:2: a number of more than 18 digits is out of range"),
+])
+def test_malformed_logs(text, pattern):
+    with pytest.raises(TraceFormatError, match=pattern):
+        parse_commands(text, "t.expected", with_cycle=True)
+    assert parse_commands(b"0 ACT16 -1 -1 0 -1\n999999999999999999 MAC16 -1 -1 0 0\n",
+                          "t.expected", with_cycle=True).cycle[-1] == 999999999999999999
+
+
 def test_not_gzip(tmp_path):
     p = tmp_path / "x.cmds.gz"
     p.write_bytes(b"ACT 0 0 1 -1\n")

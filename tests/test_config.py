@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 
@@ -75,6 +76,11 @@ def test_overrides_as_a_mapping_read_as_the_same_texts():
     assert b.dram.timing["nRP"] == 30 and b.dram.channels == 16 and b.asic.clock_MHz == 500.0
     with pytest.raises(ConfigError, match=r"--set timing.nRP=-3: must be a non-negative integer"):
         load_preset("pim-gpt", {"timing.nRP": -3})
+    # numpy scalars are their Python values; None is no overrides
+    numpy_mapped = {k: (np.float64(v) if isinstance(v, float) else np.bool_(v) if isinstance(v, bool)
+                        else np.int64(v) if isinstance(v, int) else v) for k, v in mapped.items()}
+    assert load_preset("pim-gpt", numpy_mapped).digest == a.digest
+    assert load_preset("pim-gpt", None).digest == load_preset("pim-gpt").digest
 
 
 @pytest.mark.parametrize("overrides,pattern", [
@@ -82,6 +88,8 @@ def test_overrides_as_a_mapping_read_as_the_same_texts():
                       r"single text 'timing.nRP=30'"),
     ([30], r"overrides: expected KEY=VALUE texts, got 30"),
     ({"timing.nRP": [30]}, r"overrides: timing.nRP: value must be a scalar, got \[30\]"),
+    ({"timing.nRP": object()}, r"overrides: timing.nRP: value must be a scalar, got <object"),
+    (5, r"overrides: expected a list of KEY=VALUE texts or a mapping, got 5"),
 ])
 def test_overrides_of_the_wrong_shape(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):

@@ -7,10 +7,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import pimsim
 from pimsim.cli import main
+from pimsim.errors import PimsimError
 
 pytestmark = pytest.mark.e2e
 
@@ -100,6 +102,25 @@ def test_bad_input(argv, pattern, capsys, tmp_path):
     err = capsys.readouterr().err
     assert pattern in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"tokens": True}, r"tokens must be a positive number of decode steps, got True"),
+    ({"prompt": False}, r"prompt must be a non-negative number of tokens, got False"),
+    ({"tokens": np.int64(0)}, r"tokens must be a positive number of decode steps, got np.int64\(0\)"),
+    ({"timeline": "yes"}, r"timeline must be True or False, got 'yes'"),
+    ({"check": "no"}, r"check must be True or False, got 'no'"),
+    ({"replay": None}, r"replay must be True or False, got None"),
+    ({"progress": 5}, r"progress must be a callable \(done, total\) or None, got 5"),
+])
+def test_api_arguments_of_the_wrong_type(kwargs, pattern):
+    with pytest.raises(PimsimError, match=pattern):
+        pimsim.simulate("gpt2-small", **kwargs)
+
+
+def test_api_takes_numpy_counts():
+    a = pimsim.simulate("gpt2-small", prompt=np.int64(2), tokens=np.int64(1))
+    assert a.to_json() == pimsim.simulate("gpt2-small", prompt=2, tokens=1).to_json()
 
 
 def test_simulate_runs_without_torch(tmp_path):

@@ -29,6 +29,7 @@ for _i, _n in enumerate(COMMANDS):
 ERR_FIELDS = 1
 ERR_COMMAND = 2
 ERR_NUMBER = 3
+ERR_RANGE = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,8 +120,10 @@ def _parse(buf, names, name_len, with_cycle, out, lines):
                 if buf[s] == 45:
                     neg = True
                     s += 1
-                if s == q or q - s > 18:
+                if s == q:
                     return count, ERR_NUMBER, line
+                if q - s > 18:
+                    return count, ERR_RANGE, line
                 v = 0
                 for j in range(s, q):
                     d = buf[j] - 48
@@ -183,9 +186,15 @@ def parse_commands(data: bytes, source: str = "<commands>", with_cycle: bool = F
             msg = f"unknown command {name!r} (known: {', '.join(COMMANDS)})"
         elif err == ERR_NUMBER:
             msg = f"expected integers in '{fmt}', got {text!r}"
+        elif err == ERR_RANGE:
+            msg = f"a number of more than 18 digits is out of range, in {text!r}"
         else:
             msg = f"expected {nf} fields '{fmt}' separated by single spaces, got {text!r}"
         raise TraceFormatError(f"{source}:{line}: {msg}")
+    if with_cycle and count and out[0, :count].min() < 0:
+        i = int(np.argmax(out[0, :count] < 0))
+        raise TraceFormatError(f"{source}:{lines[i]}: cycle {out[0, i]} is negative (cycles count "
+                               f"from the first command, at cycle 0)")
     m = _HEADER_FIRST.search(data[:4096])
     return CommandStream(
         cmd=out[1, :count].copy(), bg=out[2, :count].copy(), ba=out[3, :count].copy(),
