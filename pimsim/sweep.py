@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from pimsim.errors import PimsimError
+from pimsim.errors import OutputError, PimsimError
 
 #: Top-level keys of a sweep document.
 SWEEP_KEYS = ("name", "description", "preset", "models", "strategy", "prompt", "tokens",
@@ -51,6 +51,10 @@ LEAD_COLUMNS = ("index", "point_key", "status", "error", "model", "preset", "str
 #: Result fields left out of rows: per-step lists, and inputs the row already holds.
 _DROPPED = {"steps", "model", "preset", "strategy", "prompt_tokens", "decode_tokens",
             "spec_digest", "trace_hash"}
+
+#: Most points one sweep may have (models x grid or samples, plus listed points); checked
+#: before any point is resolved.
+MAX_POINTS = 1_000_000
 
 MANIFEST = "sweep.json"
 JOURNAL = "journal.jsonl"
@@ -108,13 +112,50 @@ class _Where:
         return PimsimError(f"{self.label}: {key}: {message}")
 
 
+def _path_arg(value, what: str, error=PimsimError) -> Path:
+    """``value`` (a str or os.PathLike naming a file or folder) as a Path; anything else,
+    or an empty path, is a one-line error naming ``what``."""
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise error(f"{what}: expected a path (str or os.PathLike), got {value!r}")
+    if not text:
+        raise error(f"{what}: empty path")
+    return Path(text)
+
+
+def _plain(value, depth: int = 3):
+    """``value`` with numpy scalars (down to ``depth`` levels of lists and mappings) as
+    their Python values: integers as int, floats as float, a numpy bool as bool (never a
+    number); float subclasses as float. Anything else is left as it is."""
+    if isinstance(value, Mapping):
+        return {_plain(k, 0): _plain(v, depth - 1) for k, v in value.items()} if depth > 0 else value
+    if isinstance(value, list):
+        return [_plain(v, depth - 1) for v in value] if depth > 0 else value
+    if type(value) in (str, int, float, bool) or value is None:
+        return value
+    if type(value).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.bool_):
+            return bool(value)
+        if isinstance(value, np.integer):
+            return int(value)
+        if isinstance(value, np.floating):
+            return float(value)
+    if isinstance(value, float):
+        return float(value)
+    return value
+
+
 def _load_document(source) -> tuple[dict, str]:
     if isinstance(source, Mapping):
-        return dict(source), "sweep"
+        return _plain(dict(source)), "sweep"
     from pimsim.config import load_yaml_text, read_text
 
-    path = Path(source)
-    label = str(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise PimsimError(f"sweep: expected a sweep file path or a mapping, got {source!r}")
+    path = _path_arg(source, "sweep file")
+    label = str(path)
     if not path.is_file():
         raise PimsimError(f"{label}: no such sweep file")
     # UTF-8 only, and a key given twice (say under axes) is an error, not "last one wins"
@@ -128,6 +169,15 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_scalar(v) -> bool:
+    """A value an axis, a point or ``set`` may give a preset key (after :func:`_plain`)."""
+    return isinstance(v, (str, int, float, bool))
+
+
 def _scalar_text(v) -> str:
     """A value as an override writes it (YAML scalar; floats by repr)."""
     if isinstance(v, bool):
@@ -138,20 +188,28 @@ def _scalar_text(v) -> str:
 
 
 def _range_values(key: str, spec: dict, sampling: str, where: _Where) -> dict:
-    unknown = sorted(set(spec) - set(RANGE_KEYS))
+    unknown = sorted(str(k) for k in set(spec) - set(RANGE_KEYS))
     if unknown:
         raise where.error(f"axes.{key}.{unknown[0]}", f"unknown range key (known: {', '.join(RANGE_KEYS)})")
     for k in ("low", "high"):
         if k not in spec:
             raise where.error(f"axes.{key}", f"a range needs '{k}', got {spec!r}")
-        if not isinstance(spec[k], (int, float)) or isinstance(spec[k], bool):
+        if not _is_number(spec[k]):
             raise where.error(f"axes.{key}.{k}", f"expected a number, got {spec[k]!r}")
+        try:
+            finite = math.isfinite(spec[k])
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite:
+            raise where.error(f"axes.{key}.{k}", f"expected a finite number, got {spec[k]!r}")
     low, high = spec["low"], spec["high"]
     scale = spec.get("scale", "linear")
-    if scale not in ("linear", "log"):
+    if not isinstance(scale, str) or scale not in ("linear", "log"):
         raise where.error(f"axes.{key}.scale", f"expected linear or log, got {scale!r}")
     if high < low:
         raise where.error(f"axes.{key}", f"high {high!r} is below low {low!r}")
+    if not math.isfinite(float(high) - float(low)):
+        raise where.error(f"axes.{key}", f"the range from {low!r} to {high!r} is too wide to sample")
     if scale == "log" and low <= 0:
         raise where.error(f"axes.{key}.low", f"a log range needs low > 0, got {low!r}")
     integer = spec.get("integer", _is_int(low) and _is_int(high))
@@ -199,11 +257,16 @@ def _check_run_value(key: str, value, where: _Where, ctx: str) -> None:
     import workloads
 
     if key == "model":
-        if not isinstance(value, str) or not (value in workloads.model_names()
+        if not isinstance(value, str):
+            raise where.error(ctx, f"expected a model name or trace .json file, got {value!r}")
+        if not (value in workloads.model_names()
                                               or value.endswith(".json") and Path(value).is_file()):
             raise where.error(ctx, f"unknown model {value!r} (registry: {', '.join(workloads.model_names())}; "
                                    f"or a trace .json file)")
     elif key == "strategy":
+        if not isinstance(value, str):
+            raise where.error(ctx, f"expected one mapping strategy name, got {value!r} "
+                                   f"(known: {', '.join(mappings.STRATEGIES)})")
         if value not in mappings.STRATEGIES:
             raise where.error(ctx, f"unknown mapping strategy {value!r} (known: {', '.join(mappings.STRATEGIES)})")
     elif key == "prompt":
@@ -212,6 +275,31 @@ def _check_run_value(key: str, value, where: _Where, ctx: str) -> None:
     elif key == "tokens":
         if not _is_int(value) or value < 1:
             raise where.error(ctx, f"expected a positive number of decode steps, got {value!r}")
+
+
+def _check_size(models: list, axes: dict, sampling: str, samples, listed: int, where: _Where) -> None:
+    """Refuse a sweep of more than :data:`MAX_POINTS` points before any is made."""
+    limit = f"a sweep has at most {MAX_POINTS:,} points"
+    if sampling == "grid":
+        sizes = {k: len(v) if isinstance(v, list) else v["num"] for k, v in axes.items()}
+        for k, n in sizes.items():
+            if n > MAX_POINTS and not isinstance(axes[k], list):
+                raise where.error(f"axes.{k}.num", f"{n} values; {limit}")
+        made = len(models) * math.prod(sizes.values()) if sizes or not listed else 0
+        how = " x ".join([f"{len(models)} model{'s' if len(models) != 1 else ''}"]
+                         + [f"{n} {k}" for k, n in sizes.items()])
+        key = "axes"
+    else:
+        made = len(models) * samples if axes or not listed else 0
+        how = f"{samples} samples x {len(models)} model{'s' if len(models) != 1 else ''}"
+        key = "samples"
+    total = made + listed
+    if total <= MAX_POINTS:
+        return
+    if made <= MAX_POINTS and listed:
+        key = "points"
+    parts = ([how] if made else []) + ([f"{listed} listed points"] if listed else [])
+    raise where.error(key, f"{total} points ({' + '.join(parts)}); {limit}")
 
 
 def plan(source) -> Plan:
@@ -249,10 +337,17 @@ def plan(source) -> Plan:
     defaults = {"strategy": doc.get("strategy", "pim-gpt"), "prompt": doc.get("prompt", 32),
                 "tokens": doc.get("tokens", 1)}
     for k, v in defaults.items():
+        if isinstance(v, (list, Mapping)):
+            raise where.error(k, f"expected one value, got {v!r} (to sweep {k}, list its values "
+                                 f"under axes)")
         _check_run_value(k, v, where, k)
 
     fixed = doc.get("set", [])
     if isinstance(fixed, Mapping):
+        for k, v in fixed.items():
+            if not _is_scalar(v):
+                raise where.error(f"set.{k}", f"expected a scalar (a string, number or true/false), "
+                                              f"got {v!r}")
         fixed = [f"{k}={_scalar_text(v)}" for k, v in fixed.items()]
     if not isinstance(fixed, list) or not all(isinstance(s, str) for s in fixed):
         raise where.error("set", f"expected a list of KEY=VALUE strings or a mapping, got {fixed!r}")
@@ -268,7 +363,7 @@ def plan(source) -> Plan:
         raise where.error("set" if fixed and "--set" in str(exc) else "preset", str(exc)) from None
 
     sampling = doc.get("sampling", "grid")
-    if sampling not in ("grid", "random"):
+    if not isinstance(sampling, str) or sampling not in ("grid", "random"):
         raise where.error("sampling", f"expected grid or random, got {sampling!r}")
     samples, seed = doc.get("samples"), doc.get("seed", 0)
     if not _is_int(seed):  # only random sampling draws, but a bad seed is wrong either way
@@ -279,7 +374,9 @@ def plan(source) -> Plan:
     elif samples is not None:
         raise where.error("samples", "applies to random sampling only")
 
-    axes_doc = doc.get("axes", {}) or {}
+    axes_doc = doc.get("axes", {})
+    if axes_doc is None or isinstance(axes_doc, list) and not axes_doc:
+        axes_doc = {}  # "axes:" or "axes: []": none
     if not isinstance(axes_doc, Mapping):
         raise where.error("axes", f"expected a mapping of key: values, got {axes_doc!r}")
     axes: dict[str, Any] = {}
@@ -299,17 +396,21 @@ def plan(source) -> Plan:
             axes[key] = _range_values(key, dict(spec), sampling, where)
         elif isinstance(spec, list) and spec:
             for i, v in enumerate(spec):
-                if isinstance(v, (dict, list)) or v is None:
-                    raise where.error(f"axes.{key}[{i}]", f"expected a scalar, got {v!r}")
+                if not _is_scalar(v):
+                    raise where.error(f"axes.{key}[{i}]", f"expected a scalar (a string, number or "
+                                                          f"true/false), got {v!r}")
                 if key in RUN_AXES:
                     _check_run_value(key, v, where, f"axes.{key}[{i}]")
             axes[key] = list(spec)
         else:
             raise where.error(f"axes.{key}", f"expected a non-empty list of values or a range, got {spec!r}")
 
-    extra = doc.get("points", []) or []
+    extra = doc.get("points", [])
+    if extra is None:
+        extra = []  # "points:": none
     if not isinstance(extra, list) or not all(isinstance(p, Mapping) for p in extra):
         raise where.error("points", f"expected a list of mappings, got {extra!r}")
+    _check_size(models, axes, sampling, samples, len(extra), where)
 
     # the assignments (axis -> value) of every point, in index order
     assignments: list[tuple[str, dict]] = []
@@ -335,7 +436,7 @@ def plan(source) -> Plan:
         for k, v in p.items():
             if k in RUN_AXES:
                 _check_run_value(k, v, where, f"points[{i}].{k}")
-            elif "." not in k or isinstance(v, (dict, list)) or v is None:
+            elif "." not in k or not _is_scalar(v):
                 raise where.error(f"points[{i}].{k}", f"expected a preset key with a scalar value, got {v!r}")
         assignments.append((model, p))
 
@@ -389,9 +490,51 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ").rstrip()
 
 
+#: A point's fields (as :meth:`Point.to_dict` gives them) and what each must be.
+_POINT_FIELDS = (("index", "a point number"), ("point_key", "a string"), ("model", "a string"),
+                 ("preset", "a string"), ("strategy", "a string"), ("prompt", "an integer"),
+                 ("tokens", "an integer"), ("overrides", "a list of KEY=VALUE strings"),
+                 ("values", "a list of [key, value] pairs"), ("spec_digest", "a string"),
+                 ("trace_hash", "a string"))
+
+
+def _point_problem(p: Mapping) -> str | None:
+    for field, what in _POINT_FIELDS:
+        if field not in p:
+            return f"no {field!r}"
+        v = p[field]
+        if what == "a string":
+            ok = isinstance(v, str)
+        elif what == "a point number":
+            ok = _is_int(v) and v >= 0
+        elif what == "an integer":
+            ok = _is_int(v)
+        elif field == "overrides":
+            ok = isinstance(v, (list, tuple)) and all(isinstance(o, str) for o in v)
+        else:
+            ok = isinstance(v, (list, tuple)) and all(
+                isinstance(kv, (list, tuple)) and len(kv) == 2 and isinstance(kv[0], str) for kv in v)
+        if not ok:
+            return f"{field}: expected {what}, got {v!r}"
+    return None
+
+
+def _point_dict(point) -> dict:
+    """``point`` (a :class:`Point` or its :meth:`~Point.to_dict`) as a dict; anything else
+    is a one-line :class:`PimsimError`."""
+    if isinstance(point, Point):
+        return point.to_dict()
+    if not isinstance(point, Mapping):
+        raise PimsimError(f"not a sweep point: expected a Point or Point.to_dict(), got {point!r}")
+    problem = _point_problem(point)
+    if problem is not None:
+        raise PimsimError(f"not a sweep point: {problem} (expected a Point or Point.to_dict())")
+    return dict(point)
+
+
 def point_row(point: Point | Mapping) -> dict:
     """A row's input columns (no results yet)."""
-    p = point.to_dict() if isinstance(point, Point) else dict(point)
+    p = _point_dict(point)
     row = {"index": p["index"], "point_key": p["point_key"], "status": None, "error": "",
            "model": p["model"], "preset": p["preset"], "strategy": p["strategy"],
            "prompt": p["prompt"], "tokens": p["tokens"], "spec_digest": p["spec_digest"],
@@ -403,9 +546,12 @@ def point_row(point: Point | Mapping) -> dict:
 
 
 def run_point(point: Point | Mapping) -> dict:
-    """Simulate one point and return its row. Never raises: an error becomes the row's
-    ``status`` ("error") and ``error`` (one line)."""
-    p = point.to_dict() if isinstance(point, Point) else dict(point)
+    """Simulate one point (a :class:`Point` or its :meth:`~Point.to_dict`) and return its
+    row. A point that fails to run never raises: the error becomes the row's ``status``
+    ("error") and ``error`` (one line). Only something that is not a point at all (not a
+    Point, or a mapping without a point's fields) raises, a one-line :class:`PimsimError`,
+    since it has no row to put the error in."""
+    p = _point_dict(point)
     row = point_row(p)
     try:
         from pimsim.api import simulate
@@ -471,7 +617,7 @@ def read_journal(path: str | os.PathLike, repair: bool = False,
     that plan) raises a one-line :class:`PimsimError` naming ``path:LINE``; the file is
     left as it is.
     """
-    path = Path(path)
+    path = _path_arg(path, "sweep journal")
     if not path.exists():
         return []
     try:
@@ -504,7 +650,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     the file when it is unreadable or not a sweep manifest."""
     from pimsim.config import read_text
 
-    path = Path(path)
+    path = _path_arg(path, "sweep manifest")
     text = read_text(path, str(path), error=PimsimError)
     try:
         doc = json.loads(text)
@@ -609,8 +755,29 @@ class SweepResult:
 
 def pareto_front(rows: Iterable[dict], x: str = "tokens_per_s", y: str = "energy_per_token_J.nominal",
                  maximize_x: bool = True, minimize_y: bool = True) -> list[dict]:
-    """The rows no other row beats on both ``x`` and ``y``, sorted by ``x``."""
-    pts = [r for r in rows if r.get("status", "ok") == "ok" and r.get(x) is not None and r.get(y) is not None]
+    """The rows no other row beats on both ``x`` and ``y``, sorted by ``x``.
+
+    ``rows`` are row dicts (or a :class:`SweepResult`, whose finished rows are used); rows
+    that failed or lack ``x`` or ``y`` are left out. A value of ``x`` or ``y`` that is not a
+    number is a one-line :class:`PimsimError` naming the row and the column."""
+    if isinstance(rows, SweepResult):
+        rows = rows.ok
+    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+        raise PimsimError(f"pareto_front: expected an iterable of row dicts, got {rows!r}")
+    for name, col in (("x", x), ("y", y)):
+        if not isinstance(col, str):
+            raise PimsimError(f"pareto_front: {name}: expected a column name, got {col!r}")
+    pts = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, Mapping):
+            raise PimsimError(f"pareto_front: row {i}: expected a row dict, got {r!r}")
+        if r.get("status", "ok") != "ok" or r.get(x) is None or r.get(y) is None:
+            continue
+        for col in (x, y):
+            if not _is_number(r[col]):
+                raise PimsimError(f"pareto_front: row {r.get('index', i)!r}: {col}: expected a "
+                                  f"number, got {r[col]!r}")
+        pts.append(r)
     sx = -1.0 if maximize_x else 1.0
     sy = 1.0 if minimize_y else -1.0
     pts.sort(key=lambda r: (sx * r[x], sy * r[y], r.get("index", 0)))
@@ -626,6 +793,10 @@ def preset_value(key: str, preset: str = "pim-gpt"):
     """A preset's resolved value at a ``section.key`` path (to mark a baseline point)."""
     from pimsim.config import preset_path, _read_yaml
 
+    if not isinstance(key, str) or not key:
+        raise PimsimError(f"preset_value: expected a section.key path, got {key!r}")
+    if not isinstance(preset, (str, os.PathLike)):
+        raise PimsimError(f"preset_value: expected a preset name or YAML file, got {preset!r}")
     path, label = preset_path(preset)
     node: Any = _read_yaml(path, label)
     for part in key.split("."):
@@ -813,15 +984,24 @@ def sweep(source, *, workers: int | None = 1, scheduler=None, out: str | os.Path
     left as it is). A new sweep that fails before its first point finishes leaves no
     files behind. ``progress(done, total, row)`` hears about each finished point.
     """
-    if scheduler is not None and isinstance(scheduler, str):
-        _scheduler_host_port(scheduler)  # a malformed address fails before the plan is made
-    the_plan = plan(source)
+    # the arguments first, so a bad one fails before the (possibly long) plan is made
     if workers is not None and (not _is_int(workers) or workers < 1):
         raise PimsimError(f"workers must be a positive integer, got {workers!r}")
-    n_workers = _default_workers() if workers is None else workers
-    out_dir = Path(out) if out is not None else None
+    if not isinstance(resume, bool):
+        raise PimsimError(f"resume must be True or False, got {resume!r}")
+    if progress is not None and not callable(progress):
+        raise PimsimError(f"progress must be a callable (done, total, row) or None, got {progress!r}")
+    out_dir = None if out is None else _path_arg(out, "out", error=OutputError)
     if out_dir is None and resume:
         raise PimsimError("resume needs an output folder (--out)")
+    if scheduler is not None and isinstance(scheduler, str):
+        _scheduler_host_port(scheduler)  # a malformed address fails before the plan is made
+    if out_dir is not None:
+        from pimsim.io import check_output
+
+        check_output(out_dir, folder=True, what=f"out {out_dir}")
+    the_plan = plan(source)
+    n_workers = _default_workers() if workers is None else workers
 
     # everything that can be checked is checked before the first byte is written
     finished: list[dict] = []
@@ -920,7 +1100,7 @@ def write_tables(result: SweepResult, out_dir: str | os.PathLike) -> dict[str, P
 
 def load(out_dir: str | os.PathLike) -> SweepResult:
     """A sweep folder's table as it stands (finished rows of the journal, sorted)."""
-    out_dir = Path(out_dir)
+    out_dir = _path_arg(out_dir, "sweep folder")
     if not (out_dir / MANIFEST).is_file():
         raise PimsimError(f"{out_dir}: no sweep manifest ({MANIFEST})")
     manifest = read_manifest(out_dir / MANIFEST)

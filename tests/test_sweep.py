@@ -123,6 +123,51 @@ BAD = [
     ({"name": [1]}, "name: expected a non-empty one-line string, got [1]"),
     ({"name": "two\nlines"}, "name: expected a non-empty one-line string, got 'two\\nlines'"),
     ({"description": {"a": 1}}, "description: expected a string, got {'a': 1}"),
+    # a list, mapping or true/false where one value is expected
+    ({"strategy": ["pim-gpt", "column"]}, "strategy: expected one value, got ['pim-gpt', 'column']"),
+    ({"prompt": [4, 8]}, "prompt: expected one value, got [4, 8]"),
+    ({"tokens": {"a": 1}}, "tokens: expected one value, got {'a': 1}"),
+    ({"points": [{"strategy": ["pim-gpt"]}]}, "points[0].strategy: expected one mapping strategy name, "
+                                              "got ['pim-gpt']"),
+    ({"axes": {"strategy": [True]}}, "axes.strategy[0]: expected one mapping strategy name, got True"),
+    ({"points": [{"model": ["gpt2-small"]}]}, "points[0].model: expected a model name or trace .json "
+                                              "file, got ['gpt2-small']"),
+    ({"models": [["gpt2-small"]]}, "models[0]: expected a model name or trace .json file"),
+    ({"sampling": ["grid"]}, "sampling: expected grid or random, got ['grid']"),
+    ({"set": {"asic.clock_MHz": [500]}}, "set.asic.clock_MHz: expected a scalar (a string, number or "
+                                         "true/false), got [500]"),
+    ({"set": {"asic.clock_MHz": None}}, "set.asic.clock_MHz: expected a scalar"),
+    ({"axes": {"asic.clock_MHz": [object]}}, "axes.asic.clock_MHz[0]: expected a scalar"),
+    ({"points": [{"asic.clock_MHz": {"a": 1}}]}, "points[0].asic.clock_MHz: expected a preset key with "
+                                                 "a scalar value, got {'a': 1}"),
+    ({"axes": {"asic.clock_MHz": {"low": 1, "high": 2, "num": 2, "scale": ["log"]}}},
+     "axes.asic.clock_MHz.scale: expected linear or log, got ['log']"),
+    ({"axes": {"asic.clock_MHz": {"low": 1, "high": 2, "num": 2, 3: 4, "x": 5}}},
+     "axes.asic.clock_MHz.3: unknown range key"),
+    ({"axes": False}, "axes: expected a mapping of key: values, got False"),
+    ({"points": 0}, "points: expected a list of mappings, got 0"),
+    # range bounds must be finite (not reported as the point 'asic.clock_MHz=nan')
+    ({"axes": {"asic.clock_MHz": {"low": 100, "high": float("inf"), "num": 2}}},
+     "axes.asic.clock_MHz.high: expected a finite number, got inf"),
+    ({"axes": {"asic.clock_MHz": {"low": float("-inf"), "high": 100, "num": 2}}},
+     "axes.asic.clock_MHz.low: expected a finite number, got -inf"),
+    ({"axes": {"asic.clock_MHz": {"low": float("nan"), "high": 100}}, "sampling": "random", "samples": 2},
+     "axes.asic.clock_MHz.low: expected a finite number, got nan"),
+    ({"axes": {"asic.clock_MHz": {"low": 100, "high": 10 ** 400, "num": 2}}},
+     "axes.asic.clock_MHz.high: expected a finite number, got 1000"),
+    ({"axes": {"asic.clock_MHz": {"low": -1e308, "high": 1e308, "num": 3}}},
+     "axes.asic.clock_MHz: the range from -1e+308 to 1e+308 is too wide to sample"),
+    # at most MAX_POINTS points, refused before any point is resolved
+    ({"axes": {"asic.clock_MHz": {"low": 100, "high": 2000, "num": 10 ** 12}}},
+     "axes.asic.clock_MHz.num: 1000000000000 values; a sweep has at most 1,000,000 points"),
+    ({"sampling": "random", "samples": 10 ** 10, "axes": {"asic.clock_MHz": {"low": 100, "high": 2000}}},
+     "samples: 10000000000 points (10000000000 samples x 1 model); a sweep has at most 1,000,000 points"),
+    ({"models": ["gpt2-small", "gpt2-medium"], "axes": {"asic.clock_MHz": list(range(1000)),
+                                                        "pim.clock_MHz": {"low": 1, "high": 2000, "num": 1000}}},
+     "axes: 2000000 points (2 models x 1000 asic.clock_MHz x 1000 pim.clock_MHz); a sweep has at most "
+     "1,000,000 points"),
+    ({"axes": {"asic.clock_MHz": {"low": 100, "high": 2000, "num": 10 ** 6}}, "points": [{}]},
+     "points: 1000001 points (1 model x 1000000 asic.clock_MHz + 1 listed points)"),
 ]
 
 
@@ -168,6 +213,145 @@ def test_cli_sweep_file_not_utf8_or_with_a_key_twice_is_one_line_error(tmp_path,
     assert _cli_error(capsys) == (f"pimsim: error: {twice}: malformed YAML at line 9: key "
                                   f"'asic.clock_MHz' given twice (first at line 6)")
     assert not out.exists()
+
+
+@pytest.mark.unit
+def test_sweep_size_is_checked_before_any_point_is_resolved(monkeypatch):
+    import pimsim.config
+
+    loaded = []
+    real = pimsim.config.load_preset
+
+    def counted(preset, overrides=()):
+        loaded.append(list(overrides))
+        return real(preset, overrides)
+
+    huge = {"axes": {"asic.clock_MHz": {"low": 100, "high": 2000, "num": sweeps.MAX_POINTS + 1}}}
+    monkeypatch.setattr(pimsim.config, "load_preset", counted)
+    start = time.monotonic()
+    with pytest.raises(PimsimError, match=r"axes.asic.clock_MHz.num: 1000001 values; a sweep has at most"):
+        sweeps.plan(huge)
+    assert time.monotonic() - start < 5
+    assert loaded == [[]]  # only the base preset (checking `set`), no point
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("text,message", [
+    ("strategy: [pim-gpt, column]\n", "strategy: expected one value, got ['pim-gpt', 'column']"),
+    ("points: [{strategy: [pim-gpt]}]\n", "points[0].strategy: expected one mapping strategy name, "
+                                          "got ['pim-gpt']"),
+    ("axes: {asic.clock_MHz: {low: 100, high: .inf, num: 2}}\n",
+     "axes.asic.clock_MHz.high: expected a finite number, got inf"),
+    ("sampling: random\nsamples: 10000000000\n", "samples: 10000000000 points"),
+], ids=["strategy-list", "point-strategy-list", "inf-bound", "too-many"])
+def test_cli_bad_value_types_exit_2_with_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text("models: [gpt2-small]\nprompt: 1\ntokens: 1\n" + text)
+    out = tmp_path / "D"
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = _cli_error(capsys)
+    assert err.startswith(f"pimsim: error: {path}: {message}"), err
+    assert not out.exists()
+
+
+@pytest.mark.unit
+def test_numpy_scalars_are_their_python_values():
+    np = pytest.importorskip("numpy")
+    plain = {"prompt": 4, "set": {"link.latency_ps": 2000},
+             "axes": {"asic.clock_MHz": [500, 1000], "pim.clock_MHz": {"low": 250, "high": 2000, "num": 2},
+                      "prompt": [4]},
+             "points": [{"organization.channels": 16, "tokens": 2}]}
+    numpy = {"prompt": np.int32(4), "set": {"link.latency_ps": np.int64(2000)},
+             "axes": {"asic.clock_MHz": [np.int64(500), np.int16(1000)],
+                      "pim.clock_MHz": {"low": np.int64(250), "high": np.uint32(2000), "num": np.int8(2)},
+                      "prompt": [np.int64(4)]},
+             "points": [{"organization.channels": np.int64(16), "tokens": np.int64(2)}]}
+    a, b = sweeps.plan(plain), sweeps.plan(numpy)
+    assert a.digest == b.digest and a.manifest() == b.manifest()
+    assert all(type(v) is int for p in b.points for _, v in p.values)
+    # floats too (numpy 2 writes repr(np.float64(1.5)) as 'np.float64(1.5)'), and a
+    # numpy bool stays a bool, never a number
+    f = sweeps.plan({"prompt": 4, "set": {"asic.clock_MHz": np.float64(750.5)},
+                     "axes": {"pim.clock_MHz": [np.float32(500.5)]}})
+    assert f.points[0].overrides == ("asic.clock_MHz=750.5", "pim.clock_MHz=500.5")
+    with pytest.raises(PimsimError, match=r"^sweep: prompt: expected a non-negative number of tokens, got True$"):
+        sweeps.plan({"prompt": np.bool_(True)})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("call,message", [
+    (lambda: sweeps.sweep(None), "sweep: expected a sweep file path or a mapping, got None"),
+    (lambda: sweeps.sweep(5), "sweep: expected a sweep file path or a mapping, got 5"),
+    (lambda: sweeps.sweep([]), "sweep: expected a sweep file path or a mapping, got []"),
+    (lambda: sweeps.plan(""), "sweep file: empty path"),
+    (lambda: sweeps.load(None), "sweep folder: expected a path (str or os.PathLike), got None"),
+    (lambda: sweeps.read_manifest(None), "sweep manifest: expected a path (str or os.PathLike), got None"),
+    (lambda: sweeps.read_journal(3), "sweep journal: expected a path (str or os.PathLike), got 3"),
+    (lambda: sweeps.run_point({}), "not a sweep point: no 'index' (expected a Point or Point.to_dict())"),
+    (lambda: sweeps.run_point(None), "not a sweep point: expected a Point or Point.to_dict(), got None"),
+    (lambda: sweeps.point_row({**_POINT, "values": 5}), "not a sweep point: values: expected a list of "
+                                                        "[key, value] pairs, got 5 (expected a Point or Point.to_dict())"),
+    (lambda: sweeps.pareto_front(None), "pareto_front: expected an iterable of row dicts, got None"),
+    (lambda: sweeps.pareto_front(["row"]), "pareto_front: row 0: expected a row dict, got 'row'"),
+    (lambda: sweeps.pareto_front([{"index": 3, "tokens_per_s": "fast", "energy_per_token_J.nominal": 1.0}]),
+     "pareto_front: row 3: tokens_per_s: expected a number, got 'fast'"),
+    (lambda: sweeps.pareto_front([], x=None), "pareto_front: x: expected a column name, got None"),
+    (lambda: sweeps.preset_value(None), "preset_value: expected a section.key path, got None"),
+    (lambda: sweeps.preset_value("asic.clock_MHz", preset=5), "preset_value: expected a preset name or "
+                                                               "YAML file, got 5"),
+    (lambda: sweeps.sweep({"prompt": 4}, progress=5), "progress must be a callable (done, total, row) or "
+                                                      "None, got 5"),
+    (lambda: sweeps.sweep({"prompt": 4}, resume="yes"), "resume must be True or False, got 'yes'"),
+    (lambda: sweeps.sweep({"prompt": 4}, out=5), "out: expected a path (str or os.PathLike), got 5"),
+], ids=["sweep-None", "sweep-int", "sweep-list", "plan-empty", "load-None", "manifest-None",
+        "journal-int", "run_point-empty", "run_point-None", "point_row-values", "pareto-None",
+        "pareto-str-row", "pareto-str-value", "pareto-x", "preset_value-None", "preset_value-int",
+        "progress", "resume", "out-int"])
+def test_wrong_python_types_are_one_line_pimsim_errors(call, message, monkeypatch):
+    def no_plan(source):
+        raise AssertionError("the sweep was planned before its arguments were checked")
+
+    if "progress" in message or "resume" in message or "out:" in message:
+        monkeypatch.setattr(sweeps, "plan", no_plan)
+    with pytest.raises(PimsimError) as info:
+        call()
+    assert str(info.value) == message
+
+
+#: a well-formed point dict (run_point/point_row check the shape before anything else)
+_POINT = {"index": 0, "point_key": "k", "model": "gpt2-small", "preset": "pim-gpt", "strategy": "pim-gpt",
+          "prompt": 4, "tokens": 1, "overrides": [], "values": [], "spec_digest": "s", "trace_hash": "t"}
+
+
+@pytest.mark.unit
+def test_pareto_front_takes_a_sweep_result_and_skips_failed_rows():
+    rows = [{"index": 0, "status": "ok", "tokens_per_s": 2.0, "energy_per_token_J.nominal": 2.0},
+            {"index": 1, "status": "ok", "tokens_per_s": 1.0, "energy_per_token_J.nominal": 1.0},
+            {"index": 2, "status": "ok", "tokens_per_s": 1.0, "energy_per_token_J.nominal": 3.0},
+            {"index": 3, "status": "error", "error": "x", "tokens_per_s": "n/a"}]
+    result = sweeps.SweepResult(name="r", rows=rows, total=4)
+    assert [r["index"] for r in sweeps.pareto_front(result)] == [1, 0]
+    assert [r["index"] for r in sweeps.pareto_front(iter(rows))] == [1, 0]
+
+
+@pytest.mark.unit
+def test_run_point_of_a_point_that_fails_is_a_row():
+    row = sweeps.run_point({**_POINT, "model": "gpt9"})
+    assert row["status"] == "error" and "gpt9" in row["error"] and row["index"] == 0
+
+
+@pytest.mark.unit
+def test_empty_out_is_an_error_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from pimsim.errors import OutputError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match=r"^out: empty path$"):
+        sweeps.sweep({"prompt": 1, "tokens": 1}, out="")
+    path = Path("s.yaml")
+    path.write_text("prompt: 1\ntokens: 1\n")
+    assert main(["sweep", str(path), "--out", ""]) == 2
+    assert _cli_error(capsys) == "pimsim: error: --out: empty path (name the folder to write)"
+    assert sorted(os.listdir(tmp_path)) == ["s.yaml"]
 
 
 def _closed_port() -> int:

@@ -38,7 +38,8 @@ def run(args) -> int:
         raise PimsimError(f"--workers must be at least 1, got {args.workers}")
     if args.scheduler and args.workers is not None:
         raise PimsimError("--workers applies to the local pool; a --scheduler cluster has its own workers")
-    out = args.out or str(Path("results") / Path(args.file).stem)
+    # an empty --out is an error (as in the other subcommands), not the default folder
+    out = args.out if args.out is not None else str(Path("results") / Path(args.file).stem)
     check_out(out, folder=True)
     result = sweep(args.file, workers=args.workers, scheduler=args.scheduler, out=out,
                    resume=args.resume, progress=progress_bar("sweeping", "points"))
