@@ -12,15 +12,51 @@ See docs/mapping.md for the layouts and their reasons.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from mappings.placement import CapacityError, MappingError, Placement, model_context, place
 from mappings.program import AccessKernel, AsicOp, MacKernel, Program, Transfer
 from mappings.strategies import STRATEGIES, Geometry, Strategy
+from workloads.schema import Trace
+
+
+def _got(value) -> str:
+    return f"the string {value!r:.60}" if isinstance(value, str) else f"{value!r:.60}"
+
+
+def _check_trace(trace) -> None:
+    if not isinstance(trace, Trace):
+        raise MappingError(f"trace: expected a workloads.Trace (workloads.load_bundled(name) "
+                           f"or workloads.load_trace(path)), got {_got(trace)}")
+
+
+def _check_spec(spec) -> None:
+    from pimsim.config import SystemSpec
+
+    if not isinstance(spec, SystemSpec):
+        raise MappingError(f"spec: expected a pimsim.config.SystemSpec (pimsim.config."
+                           f"load_preset(name)), got {_got(spec)}")
+
+
+def strategy_class(strategy) -> type[Strategy]:
+    """The :class:`Strategy` class named ``strategy`` (a :class:`MappingError` when unknown)."""
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise MappingError(f"unknown mapping strategy {strategy!r:.60} (known: "
+                           f"{', '.join(STRATEGIES)})")
+    return STRATEGIES[strategy]
+
+
+def _integer(value, name: str, what: str, least: int) -> int:
+    """An integer argument (numpy integers too; bool is not one) of at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise MappingError(f"{name} must be {what}, got {value!r:.60}")
+    return int(value)
 
 
 def geometry(spec) -> Geometry:
     """The mapper's view of a :class:`pimsim.config.SystemSpec`."""
+    _check_spec(spec)
     d = spec.dram
     if spec.pim is None:
         raise MappingError(f"preset {spec.name} has no PIM units (no 'pim' section)")
@@ -54,15 +90,29 @@ class Mapping:
         (the step generating token number ``kv_len``); ``token`` is the input token id."""
         from mappings.program import _Builder
 
-        if not isinstance(kv_len, int) or kv_len < 1:
-            raise MappingError(f"{self.trace.model}: kv_len must be a positive integer, got {kv_len!r}")
+        kv_len = _integer(kv_len, f"{self.trace.model}: kv_len", "a positive integer", 1)
+        token = _integer(token, f"{self.trace.model}: token", "a token id (a non-negative "
+                         "integer)", 0)
+        vocab = self._vocabulary()
+        if vocab is not None and token >= vocab:
+            raise MappingError(f"{self.trace.model}: token must be a token id in 0 .. "
+                               f"{vocab - 1} (the token embedding's rows), got {token}")
         if kv_len > self.placement.max_context:
             raise MappingError(f"{self.trace.model}: kv_len {kv_len} exceeds the KV reserve of "
                                f"{self.placement.max_context} positions (max_context)")
         return _Builder(self, kv_len, token).build()
 
+    def _vocabulary(self) -> int | None:
+        """Rows of the token embedding the decode step looks its token up in, or None."""
+        for op in self.trace.decode.ops:
+            if op.op == "embedding" and op["role"] == "token":
+                return op["rows"]
+        return None
+
     def prefill(self, prompt: int) -> list[Program]:
         """Prefill as a sequence of decode steps (positions 1 .. prompt), for now."""
+        prompt = _integer(prompt, f"{self.trace.model}: prompt", "a non-negative number of "
+                          "tokens", 0)
         return [self.program(n) for n in range(1, prompt + 1)]
 
 
@@ -71,13 +121,12 @@ def map(trace, spec, strategy: str = "pim-gpt", *, max_context: int | None = Non
 
     ``max_context``: KV positions reserved per layer (default: the model's maximum context;
     a sliding window caps it)."""
-    if strategy not in STRATEGIES:
-        raise MappingError(f"unknown mapping strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
-    s = STRATEGIES[strategy]()
+    _check_trace(trace)
+    s = strategy_class(strategy)()
     g = geometry(spec)
     return Mapping(trace, spec, s, place(trace, g, s, max_context, preset=spec.name))
 
 
 __all__ = ["AccessKernel", "AsicOp", "CapacityError", "Geometry", "MacKernel", "Mapping",
            "MappingError", "Placement", "Program", "STRATEGIES", "Strategy", "Transfer",
-           "geometry", "map", "model_context"]
+           "geometry", "map", "model_context", "strategy_class"]

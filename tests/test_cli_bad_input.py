@@ -201,3 +201,264 @@ def test_functional_checks_the_asic_buffer_like_simulate(tmp_path, capsys):
     fun = _fails(["functional", "gpt2-small"] + argv, capsys, "more than asic.sram_bytes = 1 B")
     assert fun == sim
     assert not out.exists()
+
+
+# --------------------------------------------------------------------- functional: presets
+@pytest.mark.parametrize("preset,needle", [
+    ("gddr6-14000", "preset gddr6-14000 has no PIM units (no 'pim' section)"),
+    ("gddr6-aim", "preset gddr6-aim has no 'asic' section"),
+])
+@pytest.mark.models
+def test_functional_preset_without_pim_or_asic(preset, needle, tmp_path, capsys):
+    _need_models()
+    out = tmp_path / "D"
+    _fails(["functional", "gpt2-small", "--steps", "1", "--prompt", "1", "--preset", preset,
+            "--out", str(out)], capsys, needle)
+    assert not out.exists()
+
+
+@pytest.mark.models
+def test_functional_preset_without_pim_matches_simulate(capsys):
+    _need_models()
+    sim = _fails(["simulate", "gpt2-small", "--tokens", "1", "--prompt", "1", "--preset",
+                  "gddr6-14000"], capsys, "no PIM units")
+    fun = _fails(["functional", "gpt2-small", "--steps", "1", "--prompt", "1", "--preset",
+                  "gddr6-14000"], capsys, "no PIM units")
+    assert fun == sim
+
+
+# --------------------------------------------------------------------- trace files: JSON types
+def _edited_trace(tmp_path, edit, name="t.json") -> str:
+    """The bundled gpt2-small trace after ``edit(data)`` (config hash recomputed)."""
+    data = json.loads(workloads.bundled_trace_path("gpt2-small").read_text())
+    edit(data)
+    data["config_hash"] = config_hash(data["config"])
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _set_op(phase, index, key, value):
+    def edit(data):
+        data["phases"][phase]["ops"][index][key] = value
+    return edit
+
+
+WRONG_TYPES = [
+    (_set_op(1, 3, "op", ["layernorm"]), 'phases[1].ops[3].op: expected one of embedding',
+     'got ["layernorm"]'),
+    (_set_op(1, 3, "op", {"a": 1}), "phases[1].ops[3].op: expected one of", 'got {"a": 1}'),
+    (_set_op(1, 3, "op", True), "phases[1].ops[3].op: expected one of", "got true"),
+    (lambda d: d.update(schema_version=True), "schema_version: expected 1", "got true"),
+    (lambda d: d.update(schema_version=1.0), "schema_version: expected 1", "got 1.0"),
+    (_set_op(1, 14, "kind", ["gelu_tanh"]), "phases[1].ops[14].kind: expected one of gelu",
+     'got ["gelu_tanh"]'),
+    (_set_op(1, 5, "target", {"k": 1}), "phases[1].ops[5].target: expected one of k, v",
+     'got {"k": 1}'),
+    (_set_op(1, 3, "eps", True), "phases[1].ops[3].eps: expected null or a finite number",
+     "got true"),
+]
+
+
+WRONG_IDS = ["op-list", "op-object", "op-bool", "version-bool", "version-float", "kind-list",
+             "target-object", "eps-bool"]
+
+
+@pytest.mark.parametrize("edit,where,got", WRONG_TYPES, ids=WRONG_IDS)
+@pytest.mark.parametrize("command", [["trace", "--check"], ["simulate"], ["map"]])
+def test_trace_field_of_the_wrong_json_type(command, edit, where, got, tmp_path, capsys):
+    f = _edited_trace(tmp_path, edit)
+    argv = command + [f] + (["--tokens", "1"] if command == ["simulate"] else [])
+    _fails(argv, capsys, f"{f}: {where}", got)
+
+
+@pytest.mark.parametrize("edit,where,got", WRONG_TYPES, ids=WRONG_IDS)
+def test_trace_from_dict_wrong_json_type_is_a_trace_error(edit, where, got):
+    data = json.loads(workloads.bundled_trace_path("gpt2-small").read_text())
+    edit(data)
+    data["config_hash"] = config_hash(data["config"])
+    with pytest.raises(workloads.TraceError) as exc:
+        workloads.trace_from_dict(data, "X")
+    assert str(exc.value).startswith(f"X: {where}") and got in str(exc.value)
+
+
+# --------------------------------------------------------------------- NaN and Infinity
+@pytest.mark.parametrize("literal,shown", [("NaN", "NaN"), ("Infinity", "Infinity"),
+                                           ("-Infinity", "-Infinity"), ("1e400", "Infinity")])
+@pytest.mark.parametrize("edit,where", [
+    (lambda d: d["config"].update(x="@@"), "config.x"),
+    (_set_op(1, 3, "eps", "@@"), "phases[1].ops[3].eps"),
+    (_set_op(1, 7, "scale", "@@"), "phases[1].ops[7].scale"),
+], ids=["config", "eps", "scale"])
+@pytest.mark.parametrize("command", [["trace", "--check"], ["simulate"]])
+def test_trace_with_non_finite_numbers(command, edit, where, literal, shown, tmp_path, capsys):
+    f = _edited_trace(tmp_path, edit)
+    path = tmp_path / "t.json"
+    path.write_text(path.read_text().replace('"@@"', literal))   # (config_hash not reached)
+    argv = command + [f] + (["--tokens", "1"] if command == ["simulate"] else [])
+    _fails(argv, capsys, f"{f}: {where}: expected a finite number", f"got {shown}")
+
+
+def test_python_trace_with_nan_is_a_trace_error(tmp_path):
+    data = json.loads(workloads.bundled_trace_path("gpt2-small").read_text())
+    data["config"]["x"] = float("nan")
+    with pytest.raises(workloads.TraceError, match=r"^X: config\.x: expected a finite number"):
+        workloads.trace_from_dict(data, "X")
+    out = tmp_path / "w.json"
+    with pytest.raises(workloads.TraceError, match=r"w\.json: config\.x: .* got NaN"):
+        workloads.write_trace(data, out)
+    assert not out.exists()
+    with pytest.raises(workloads.TraceError, match=r"^config: not JSON data"):
+        config_hash({"x": float("inf")})
+
+
+# --------------------------------------------------------------------- Python API: arguments
+@pytest.fixture(scope="module")
+def gpt2():
+    return workloads.load_bundled("gpt2-small")
+
+
+@pytest.fixture(scope="module")
+def pim_gpt():
+    from pimsim.config import load_preset
+
+    return load_preset("pim-gpt")
+
+
+@pytest.mark.parametrize("args,needle", [
+    ((None, "spec"), "trace: expected a workloads.Trace .* got None"),
+    (("gpt2-small", "spec"), "trace: expected a workloads.Trace .* got the string 'gpt2-small'"),
+    (("trace", None), r"spec: expected a pimsim.config.SystemSpec .* got None"),
+    (("trace", "pim-gpt"), r"spec: expected a pimsim.config.SystemSpec .* got the string "
+                           r"'pim-gpt'"),
+    (("trace", "spec", ["x"]), r"unknown mapping strategy \['x'\] \(known: pim-gpt"),
+    (("trace", "spec", None), r"unknown mapping strategy None \(known: pim-gpt"),
+])
+def test_map_argument_types(args, needle, gpt2, pim_gpt):
+    import mappings
+
+    args = [gpt2 if a == "trace" else pim_gpt if a == "spec" else a for a in args]
+    with pytest.raises(mappings.MappingError, match=needle):
+        mappings.map(*args)
+
+
+def test_geometry_of_none():
+    import mappings
+
+    with pytest.raises(mappings.MappingError, match="spec: expected a pimsim.config.SystemSpec"):
+        mappings.geometry(None)
+
+
+@pytest.fixture(scope="module")
+def small_mapping(gpt2, pim_gpt):
+    import mappings
+
+    return mappings.map(gpt2, pim_gpt, max_context=4)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"kv_len": 2, "token": "a"}, "token must be a token id .* got 'a'"),
+    ({"kv_len": 2, "token": None}, "token must be a token id .* got None"),
+    ({"kv_len": 2, "token": True}, "token must be a token id .* got True"),
+    ({"kv_len": 2, "token": -1}, "token must be a token id .* got -1"),
+    ({"kv_len": 2, "token": 50257}, r"token must be a token id in 0 \.\. 50256 .* got 50257"),
+    ({"kv_len": True}, "kv_len must be a positive integer, got True"),
+    ({"kv_len": "2"}, "kv_len must be a positive integer, got '2'"),
+])
+def test_program_argument_types(kwargs, needle, small_mapping):
+    import mappings
+
+    with pytest.raises(mappings.MappingError, match=f"gpt2-small: {needle}"):
+        small_mapping.program(**kwargs)
+
+
+def test_program_accepts_numpy_integers(small_mapping):
+    import numpy as np
+
+    assert small_mapping.program(np.int64(2), token=np.int32(7)).kv_len == 2
+
+
+@pytest.mark.parametrize("prompt", ["3", True, -1, 2.0])
+def test_prefill_argument_type(prompt, small_mapping):
+    import mappings
+
+    with pytest.raises(mappings.MappingError,
+                       match=f"prompt must be a non-negative number of tokens, got {prompt!r}"):
+        small_mapping.prefill(prompt)
+
+
+@pytest.mark.parametrize("fn", ["load_bundled", "get_model", "bundled_trace_path"])
+@pytest.mark.parametrize("name", [None, 5, ["gpt2-small"]])
+def test_registry_name_not_a_string(fn, name):
+    with pytest.raises(workloads.RegistryError, match=r"model name: expected a string .* got "
+                                                       + __import__("re").escape(repr(name))):
+        getattr(workloads, fn)(name)
+
+
+def test_registry_name_empty():
+    with pytest.raises(workloads.RegistryError, match="model '': not in the registry"):
+        workloads.load_bundled("")
+
+
+@pytest.mark.parametrize("path,needle", [
+    (None, r"trace path: expected a file path \(str or os.PathLike\), got None"),
+    (5, r"trace path: expected a file path \(str or os.PathLike\), got 5"),
+    (b"t.json", r"trace path: expected a file path .* got b't.json'"),
+    ("", r"trace path: empty"),
+    ("a\0b.json", r"cannot read trace: .*null"),
+])
+def test_load_trace_path_argument(path, needle):
+    with pytest.raises(workloads.TraceError, match=needle):
+        workloads.load_trace(path)
+
+
+def test_write_trace_empty_path(gpt2):
+    with pytest.raises(workloads.TraceError, match="trace path: empty"):
+        workloads.write_trace(dict(gpt2.raw), "")
+
+
+@pytest.mark.parametrize("args,needle", [
+    ((None,), r"summarize: expected a workloads.Trace .* got None"),
+    (("trace", "5"), r"ctx must be a positive integer .* got '5'"),
+    (("trace", True), r"ctx must be a positive integer .* got True"),
+    (("trace", 2.5), r"ctx must be a positive integer .* got 2.5"),
+])
+def test_summarize_argument_types(args, needle, gpt2):
+    args = [gpt2 if a == "trace" else a for a in args]
+    with pytest.raises(workloads.TraceError, match=needle):
+        workloads.summarize(*args)
+
+
+def test_summarize_accepts_numpy_ctx(gpt2):
+    import numpy as np
+
+    assert workloads.summarize(gpt2, np.int64(16))["decode"]["ctx"] == 16
+
+
+# --------------------------------------------------------------------- functional.run arguments
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"exact": None}, r"exact must be a list of approximation names .* got None"),
+    ({"exact": [["exp"]]}, r"exact must be a list of approximation names .* got \['exp'\] in it"),
+    ({"exact": "exp"}, r"exact must be a list of approximation names .* got 'exp'"),
+    ({"references": 5}, r"references must be a list of reference names .* got 5"),
+    ({"references": "fp32"}, r"references must be a list of reference names .* got 'fp32'"),
+    ({"tokens": 5}, r"tokens must be a list of token ids .* got 5"),
+    ({"tokens": "ab"}, r"tokens must be a list of token ids .* got 'ab'"),
+    ({"tokens": [True, 0]}, r"tokens: expected 2 token ids in 0\.\.50256 .* got \[True, 0\]"),
+    ({"steps": True}, r"steps must be a positive number of decode steps, got True"),
+    ({"prompt": True}, r"prompt must be a non-negative number of tokens, got True"),
+    ({"strategy": ["x"]}, r"unknown mapping strategy \['x'\]"),
+    ({"progress": 5}, r"progress must be a callable .* got 5"),
+    ({"preset": "gddr6-14000"}, r"preset gddr6-14000 has no PIM units \(no 'pim' section\)"),
+    ({"preset": "gddr6-aim"}, r"preset gddr6-aim has no 'asic' section"),
+])
+def test_functional_run_argument_types(kwargs, needle, monkeypatch):
+    from pimsim.errors import PimsimError
+    from pimsim.functional import reference, run
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(reference, "load_model", no_model)
+    with pytest.raises(PimsimError, match=needle):
+        run("gpt2-small", **{"steps": 1, "prompt": 1, **kwargs})

@@ -86,8 +86,12 @@ def model_names() -> list[str]:
 
 
 def get_model(name: str) -> ModelEntry:
+    """The registry entry of model ``name`` (a :class:`RegistryError` when there is none)."""
+    if not isinstance(name, str):
+        raise RegistryError(f"model name: expected a string (a registry model: "
+                            f"{', '.join(model_names())}), got {name!r:.60}")
     path = MODELS_DIR / f"{name}.json"
-    if "/" in name or not path.is_file():
+    if not name or "/" in name or "\\" in name or not path.is_file():
         raise RegistryError(f"model {name!r}: not in the registry (known: "
                             f"{', '.join(model_names())})")
     return _load_entry(path)

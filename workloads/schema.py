@@ -64,8 +64,9 @@ def _bool(v: Any) -> str | None:
 
 
 def _opt_num(v: Any) -> str | None:
-    ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-    return None if ok else "null or a number"
+    ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and math.isfinite(v))
+    return None if ok else "null or a finite number"
 
 
 def _opt_pos_int(v: Any) -> str | None:
@@ -73,7 +74,7 @@ def _opt_pos_int(v: Any) -> str | None:
 
 
 def _kv_len(v: Any) -> str | None:
-    return None if v == CTX else f'"{CTX}"'
+    return None if isinstance(v, str) and v == CTX else f'"{CTX}"'
 
 
 def _shape(v: Any) -> str | None:
@@ -83,7 +84,7 @@ def _shape(v: Any) -> str | None:
 
 def _one_of(*choices: str):
     def check(v: Any) -> str | None:
-        return None if v in choices else "one of " + ", ".join(choices)
+        return None if isinstance(v, str) and v in choices else "one of " + ", ".join(choices)
 
     return check
 
@@ -229,8 +230,12 @@ def model_context(config: Mapping[str, Any]) -> int | None:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of an architecture config."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """sha256 of the canonical JSON of an architecture config (:class:`TraceError` when it
+    holds something JSON cannot carry: NaN, an infinity, a non-string key, a set ...)."""
+    try:
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TraceError(f"config: not JSON data ({exc})") from None
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -250,6 +255,23 @@ class _Checker:
         return obj[key]
 
 
+def _non_finite(v: Any, where: str) -> tuple[str, float] | None:
+    """The path and value of the first NaN or infinity in decoded JSON ``v`` (Python's json
+    reads ``NaN``, ``Infinity`` and numbers too large for a float such as ``1e400``)."""
+    stack = [(v, where)]
+    while stack:
+        v, where = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return where, v
+        elif isinstance(v, dict):
+            stack.extend((x, f"{where}.{k}" if where else str(k))
+                         for k, x in reversed(list(v.items())))
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{where}[{i}]") for i, x in reversed(list(enumerate(v))))
+    return None
+
+
 def _jsonable(v: Any) -> bool:
     try:
         json.dumps(v)
@@ -266,13 +288,17 @@ def trace_from_dict(data: Any, origin: str = "<trace>") -> Trace:
     c = _Checker(origin)
     if not isinstance(data, dict):
         c.fail("top level", "a JSON object", type(data).__name__)
+    bad_number = _non_finite(data, "")
+    if bad_number:
+        c.fail(bad_number[0], "a finite number (not NaN, Infinity or beyond ±1.8e308)",
+               bad_number[1])
     for key in data:
         if key not in TOP_FIELDS:
             raise TraceError(f"{origin}: {key}: unknown field")
     if c.need(data, "schema", "") != SCHEMA_NAME:
         c.fail("schema", f'"{SCHEMA_NAME}"', data["schema"])
     version = c.need(data, "schema_version", "")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         c.fail("schema_version", f"{SCHEMA_VERSION} (this pimsim's trace format)", version)
     for key, check in (("model", _str), ("source", _str), ("dtype", _str),
                        ("parameters", _pos_int), ("config_hash", _str)):
@@ -282,8 +308,12 @@ def trace_from_dict(data: Any, origin: str = "<trace>") -> Trace:
     config = c.need(data, "config", "")
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         c.fail("config", "an object with a model_type", config)
-    if config_hash(config) != data["config_hash"]:
-        c.fail("config_hash", f"{config_hash(config)} (hash of config)", data["config_hash"])
+    try:
+        digest = config_hash(config)
+    except TraceError as exc:
+        raise TraceError(f"{origin}: {exc}") from None
+    if digest != data["config_hash"]:
+        c.fail("config_hash", f"{digest} (hash of config)", data["config_hash"])
     for key in CONTEXT_KEYS:
         if config.get(key) is not None and _pos_int(config[key]):
             c.fail(f"config.{key}", "null or a positive integer (the maximum context, in "
@@ -349,7 +379,7 @@ def _op(c: _Checker, o: Any, index: int, where: str, weights: Mapping[str, Any])
     if not isinstance(o, dict):
         c.fail(where, "an object", o)
     kind = c.need(o, "op", where + ".")
-    if kind not in OP_FIELDS:
+    if not isinstance(kind, str) or kind not in OP_FIELDS:
         c.fail(where + ".op", "one of " + ", ".join(OP_FIELDS), kind)
     spec = OP_FIELDS[kind]
     for key in o:
@@ -390,18 +420,34 @@ def _op(c: _Checker, o: Any, index: int, where: str, weights: Mapping[str, Any])
 
 def load_trace(path: str | os.PathLike) -> Trace:
     """Read and validate a trace file; errors name the file and the field."""
-    path = Path(path)
+    path = Path(_path_text(path, "trace"))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise TraceError(f"{path}: cannot read trace: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise TraceError(f"{path}: {not_utf8(exc)}") from None
+    except ValueError as exc:          # e.g. a NUL character in the name
+        raise TraceError(f"{str(path)!r}: cannot read trace: {exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise TraceError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
     return trace_from_dict(data, origin=str(path))
+
+
+def _path_text(path: Any, what: str) -> str:
+    """The text of a file path argument (a non-empty str or os.PathLike), else a TraceError."""
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        text = None
+    if not isinstance(text, str):
+        raise TraceError(f"{what} path: expected a file path (str or os.PathLike), got "
+                         f"{path!r:.60}")
+    if not text:
+        raise TraceError(f"{what} path: empty (expected a {what} file)")
+    return text
 
 
 def not_utf8(exc: UnicodeDecodeError) -> str:
@@ -455,7 +501,8 @@ def dumps(data: Mapping[str, Any]) -> str:
 
 def write_trace(data: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Validate ``data`` and write it canonically (atomically) to ``path``."""
-    trace_from_dict(data, origin=str(path))
+    path = _path_text(path, "trace")
+    trace_from_dict(data, origin=path)
     text = dumps(data)
     try:
         with atomic_write(path) as fh:

@@ -15,6 +15,7 @@ The roofline baselines use these numbers. Conventions (also in docs/traces.md):
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from workloads.schema import Op, Phase, Trace, TraceError
@@ -150,6 +151,14 @@ def summarize(trace: Trace, ctx: int | None = None) -> dict[str, Any]:
     ``ctx`` counts every token the decode step attends to, its own included (the
     position of the generated token + 1); by default the recorded one (prompt + 1).
     """
+    if not isinstance(trace, Trace):
+        raise TraceError(f"summarize: expected a workloads.Trace (workloads.load_trace or "
+                         f"load_bundled), got {trace!r:.60}")
+    if ctx is not None:
+        if isinstance(ctx, bool) or not isinstance(ctx, numbers.Integral) or ctx < 1:
+            raise TraceError(f"ctx must be a positive integer (the context length, positions), "
+                             f"got {ctx!r:.60}")
+        ctx = int(ctx)
     weight_bytes: dict[str, int] = {}
     for w in trace.weights.values():
         n = math.prod(w["shape"]) * dtype_bytes(w["dtype"])

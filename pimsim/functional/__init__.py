@@ -18,6 +18,7 @@ returns data; the CLI (``pimsim functional``) prints and writes files.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -85,6 +86,24 @@ class FunctionalResult:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
 
 
+def _names(value, name: str, known: Iterable[str], what: str) -> list[str]:
+    """A collection of names from ``known`` (a list, tuple or set of strings)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise FunctionalError(f"{name} must be a list of {what} names ({', '.join(known)}), "
+                              f"got {value!r:.60}")
+    names = list(value)
+    odd = [v for v in names if not isinstance(v, str)]
+    if odd:
+        raise FunctionalError(f"{name} must be a list of {what} names ({', '.join(known)}), "
+                              f"got {odd[0]!r:.60} in it")
+    return names
+
+
+def _is_count(value) -> bool:
+    """An integer (numpy integers too); bool is not a count."""
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Integral)
+
+
 def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
         overrides: Iterable[str] = (), exact: Iterable[str] = (), strategy: str = "pim-gpt",
         seed: int = 0, references: Iterable[str] | None = None, tokens: list[int] | None = None,
@@ -104,29 +123,43 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
     from pimsim.config import load_preset
     from pimsim.functional import reference as R
 
-    if not isinstance(steps, int) or steps < 1:
-        raise PimsimError(f"steps must be a positive number of decode steps, got {steps!r}")
-    if not isinstance(prompt, int) or prompt < 0:
-        raise PimsimError(f"prompt must be a non-negative number of tokens, got {prompt!r}")
+    if not _is_count(steps) or steps < 1:
+        raise PimsimError(f"steps must be a positive number of decode steps, got {steps!r:.60}")
+    if not _is_count(prompt) or prompt < 0:
+        raise PimsimError(f"prompt must be a non-negative number of tokens, got {prompt!r:.60}")
+    steps, prompt = int(steps), int(prompt)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
             not 0 <= seed < 2**64:
         raise PimsimError(f"seed must be an integer in 0 .. 2**64 - 1, got {seed!r}")
     seed = int(seed)
-    refs = list(REFERENCES if references is None else references)
+    if progress is not None and not callable(progress):
+        raise FunctionalError(f"progress must be a callable (done, total) or None, got "
+                              f"{progress!r:.60}")
+    refs = list(REFERENCES) if references is None else \
+        _names(references, "references", REFERENCES, "reference")
     bad = [m for m in refs if m not in REFERENCES]
     if bad:
         raise PimsimError(f"unknown reference(s) {', '.join(map(str, bad))} "
                           f"(known: {', '.join(REFERENCES)})")
-    exact = sorted(set(exact))
+    exact = sorted(set(_names(exact, "exact", APPROXIMATIONS, "approximation")))
     if set(exact) - set(APPROXIMATIONS):
         raise PimsimError(f"unknown approximation(s) {sorted(set(exact) - set(APPROXIMATIONS))} "
                           f"(known: {', '.join(APPROXIMATIONS)})")
     if model not in workloads.model_names():
         raise PimsimError(f"functional mode needs a registry model (its weights come from its "
                           f"model code), got {model!r}; known: {', '.join(workloads.model_names())}")
+    mappings.strategy_class(strategy)
+    if tokens is not None and (isinstance(tokens, (str, bytes, dict)) or
+                               not isinstance(tokens, Iterable)):
+        raise FunctionalError(f"tokens must be a list of token ids (prompt + steps of them), "
+                              f"got {tokens!r:.60}")
     trace = workloads.load_bundled(model)
     check_supported(trace)
     spec = load_preset(preset, overrides)
+    mappings.geometry(spec)         # as simulate: a preset without PIM units is an error
+    if spec.asic is None:
+        raise FunctionalError(f"preset {spec.name} has no 'asic' section; functional mode "
+                              f"needs one")
     first = prompt                  # position of the first decode step
     positions = first + steps
     vocab = int(trace.config.get("vocab_size"))
@@ -137,8 +170,8 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
     _check_asic_buffer(trace, spec, positions)   # as simulate: the SRAM must hold the run
     if tokens is not None:
         tokens = list(tokens)
-        if len(tokens) != positions or any(not isinstance(t, (int, np.integer)) or
-                                           not 0 <= t < vocab for t in tokens):
+        if len(tokens) != positions or any(not _is_count(t) or not 0 <= t < vocab
+                                           for t in tokens):
             raise PimsimError(f"tokens: expected {positions} token ids in 0..{vocab - 1} "
                               f"(prompt + steps), got {tokens!r:.80}")
         tokens = [int(t) for t in tokens]
