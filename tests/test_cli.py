@@ -4,12 +4,14 @@ no traceback, no partial output)."""
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 
 import pytest
 
 from pimsim.cli import main
+from pimsim.config import load_preset
 
 pytestmark = pytest.mark.e2e
 
@@ -137,6 +139,10 @@ def test_presets_listing_and_show(capsys):
     assert main(["presets", "pim-gpt"]) == 0
     out = capsys.readouterr().out
     assert "timing.nRCDRDMAC" in out and "AiM" in out and "timing.nMAC" in out
+    assert main(["presets", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["pim-gpt"]["digest"] == load_preset("pim-gpt").digest
+    assert set(listed) >= {"pim-gpt", "gddr6-aim", "gddr6-14000"}
 
 
 @pytest.mark.parametrize("argv,folder", [

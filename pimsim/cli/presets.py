@@ -12,7 +12,9 @@ def add_parser(sub) -> None:
     p.add_argument("name", nargs="?", help="preset name or YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value, e.g. timing.nRP=30 (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the resolved spec as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the resolved spec as JSON (without NAME: every preset's "
+                        "description and digest)")
     p.set_defaults(func=run)
 
 
@@ -24,8 +26,12 @@ def run(args) -> int:
         if args.overrides:
             raise PimsimError(f"--set {args.overrides[0]}: --set needs a preset NAME to apply "
                               f"to (e.g. pimsim presets pim-gpt --set {args.overrides[0]})")
-        for name in preset_names():
-            spec = load_preset(name)
+        specs = {name: load_preset(name) for name in preset_names()}
+        if args.json:
+            print(json.dumps({name: {"description": spec.description, "digest": spec.digest}
+                              for name, spec in specs.items()}, indent=2, sort_keys=True))
+            return 0
+        for name, spec in specs.items():
             print(f"{name:14s} {spec.description}")
         return 0
     spec = load_preset(args.name, args.overrides)
