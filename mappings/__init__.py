@@ -12,12 +12,13 @@ See docs/mapping.md for the layouts and their reasons.
 
 from __future__ import annotations
 
-import numbers
+import functools
 from dataclasses import dataclass, field
 
 from mappings.placement import CapacityError, MappingError, Placement, model_context, place
 from mappings.program import AccessKernel, AsicOp, MacKernel, Program, Transfer
 from mappings.strategies import STRATEGIES, Geometry, Strategy
+from pimsim.errors import count_arg
 from workloads.schema import Trace
 
 
@@ -45,13 +46,6 @@ def strategy_class(strategy) -> type[Strategy]:
         raise MappingError(f"unknown mapping strategy {strategy!r:.60} (known: "
                            f"{', '.join(STRATEGIES)})")
     return STRATEGIES[strategy]
-
-
-def _integer(value, name: str, what: str, least: int) -> int:
-    """An integer argument (numpy integers too; bool is not one) of at least ``least``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise MappingError(f"{name} must be {what}, got {value!r:.60}")
-    return int(value)
 
 
 def geometry(spec) -> Geometry:
@@ -90,10 +84,11 @@ class Mapping:
         (the step generating token number ``kv_len``); ``token`` is the input token id."""
         from mappings.program import _Builder
 
-        kv_len = _integer(kv_len, f"{self.trace.model}: kv_len", "a positive integer", 1)
-        token = _integer(token, f"{self.trace.model}: token", "a token id (a non-negative "
-                         "integer)", 0)
-        vocab = self._vocabulary()
+        kv_len = count_arg(kv_len, f"{self.trace.model}: kv_len", "a positive integer", 1,
+                           MappingError)
+        token = count_arg(token, f"{self.trace.model}: token",
+                          "a token id (a non-negative integer)", 0, MappingError)
+        vocab = self._vocabulary
         if vocab is not None and token >= vocab:
             raise MappingError(f"{self.trace.model}: token must be a token id in 0 .. "
                                f"{vocab - 1} (the token embedding's rows), got {token}")
@@ -102,6 +97,7 @@ class Mapping:
                                f"{self.placement.max_context} positions (max_context)")
         return _Builder(self, kv_len, token).build()
 
+    @functools.cached_property
     def _vocabulary(self) -> int | None:
         """Rows of the token embedding the decode step looks its token up in, or None."""
         for op in self.trace.decode.ops:
@@ -111,8 +107,8 @@ class Mapping:
 
     def prefill(self, prompt: int) -> list[Program]:
         """Prefill as a sequence of decode steps (positions 1 .. prompt), for now."""
-        prompt = _integer(prompt, f"{self.trace.model}: prompt", "a non-negative number of "
-                          "tokens", 0)
+        prompt = count_arg(prompt, f"{self.trace.model}: prompt",
+                           "a non-negative number of tokens", 0, MappingError)
         return [self.program(n) for n in range(1, prompt + 1)]
 
 

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-import numpy as np
-
-from pimsim.errors import PimsimError
+from pimsim.errors import PimsimError, count_arg
 
 CATEGORIES = {  # program categories -> breakdown names
     "linear": "pim_vmm", "score": "attention", "context": "attention",
@@ -114,14 +112,6 @@ def _check_asic_buffer(trace, spec, kv_len: int) -> int:
     return need
 
 
-def _count(value, name: str, what: str, least: int) -> int:
-    """An integer argument (numpy integers too; bool is not a count) of at least ``least``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or value < least:
-        raise PimsimError(f"{name} must be {what}, got {value!r}")
-    return int(value)
-
-
 def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mapping = (), prompt: int = 32,
              tokens: int = 8, strategy: str = "pim-gpt", timeline: bool = False,
              check: bool = False, replay: bool = True, scheduler: str = "compiled",
@@ -146,8 +136,8 @@ def simulate(model, *, preset: str = "pim-gpt", overrides: Iterable[str] | Mappi
     from pimsim.energy import energy_ranges
     from pimsim.system import SystemSimulator
 
-    prompt = _count(prompt, "prompt", "a non-negative number of tokens", 0)
-    tokens = _count(tokens, "tokens", "a positive number of decode steps", 1)
+    prompt = count_arg(prompt, "prompt", "a non-negative number of tokens", 0)
+    tokens = count_arg(tokens, "tokens", "a positive number of decode steps", 1)
     for name, flag in (("timeline", timeline), ("check", check), ("replay", replay)):
         if not isinstance(flag, bool):
             raise PimsimError(f"{name} must be True or False, got {flag!r}")

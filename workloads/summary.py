@@ -15,9 +15,9 @@ The roofline baselines use these numbers. Conventions (also in docs/traces.md):
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
+from pimsim.errors import count_arg
 from workloads.schema import Op, Phase, Trace, TraceError
 
 #: Bytes per element of each dtype name used in traces.
@@ -155,10 +155,8 @@ def summarize(trace: Trace, ctx: int | None = None) -> dict[str, Any]:
         raise TraceError(f"summarize: expected a workloads.Trace (workloads.load_trace or "
                          f"load_bundled), got {trace!r:.60}")
     if ctx is not None:
-        if isinstance(ctx, bool) or not isinstance(ctx, numbers.Integral) or ctx < 1:
-            raise TraceError(f"ctx must be a positive integer (the context length, positions), "
-                             f"got {ctx!r:.60}")
-        ctx = int(ctx)
+        ctx = count_arg(ctx, "ctx", "a positive integer (the context length, positions)", 1,
+                        TraceError)
     weight_bytes: dict[str, int] = {}
     for w in trace.weights.values():
         n = math.prod(w["shape"]) * dtype_bytes(w["dtype"])

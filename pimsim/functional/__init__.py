@@ -18,13 +18,12 @@ returns data; the CLI (``pimsim functional``) prints and writes files.
 from __future__ import annotations
 
 import json
-import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
-from pimsim.errors import PimsimError
+from pimsim.errors import PimsimError, count_arg, is_count
 from pimsim.functional.asic import APPROXIMATIONS
 from pimsim.functional.model import FunctionalError, FunctionalModel, check_supported
 
@@ -99,11 +98,6 @@ def _names(value, name: str, known: Iterable[str], what: str) -> list[str]:
     return names
 
 
-def _is_count(value) -> bool:
-    """An integer (numpy integers too); bool is not a count."""
-    return not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Integral)
-
-
 def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
         overrides: Iterable[str] = (), exact: Iterable[str] = (), strategy: str = "pim-gpt",
         seed: int = 0, references: Iterable[str] | None = None, tokens: list[int] | None = None,
@@ -123,13 +117,9 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
     from pimsim.config import load_preset
     from pimsim.functional import reference as R
 
-    if not _is_count(steps) or steps < 1:
-        raise PimsimError(f"steps must be a positive number of decode steps, got {steps!r:.60}")
-    if not _is_count(prompt) or prompt < 0:
-        raise PimsimError(f"prompt must be a non-negative number of tokens, got {prompt!r:.60}")
-    steps, prompt = int(steps), int(prompt)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
-            not 0 <= seed < 2**64:
+    steps = count_arg(steps, "steps", "a positive number of decode steps", 1)
+    prompt = count_arg(prompt, "prompt", "a non-negative number of tokens", 0)
+    if not is_count(seed) or not 0 <= seed < 2**64:
         raise PimsimError(f"seed must be an integer in 0 .. 2**64 - 1, got {seed!r}")
     seed = int(seed)
     if progress is not None and not callable(progress):
@@ -170,7 +160,7 @@ def run(model: str, steps: int, prompt: int = 8, *, preset: str = "pim-gpt",
     _check_asic_buffer(trace, spec, positions)   # as simulate: the SRAM must hold the run
     if tokens is not None:
         tokens = list(tokens)
-        if len(tokens) != positions or any(not _is_count(t) or not 0 <= t < vocab
+        if len(tokens) != positions or any(not is_count(t) or not 0 <= t < vocab
                                            for t in tokens):
             raise PimsimError(f"tokens: expected {positions} token ids in 0..{vocab - 1} "
                               f"(prompt + steps), got {tokens!r:.80}")
