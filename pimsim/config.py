@@ -32,6 +32,7 @@ import yaml
 
 from pimsim.asic import AsicSpec
 from pimsim.errors import ConfigError
+from pimsim.io import not_utf8
 from pimsim.standard import (
     BANK_ADDRESSED, CMD_ID, COMMANDS, SCOPE_ID, SCOPES, Constraint, evaluate, load_standard,
 )
@@ -465,8 +466,7 @@ def read_text(path: Path, label: str, error=None) -> str:
     except OSError as exc:
         raise error(f"{label}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise error(f"{label}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                    f"{exc.start})") from None
+        raise error(f"{label}: {not_utf8(exc)}") from None
 
 
 def _read_yaml(path: Path, label: str) -> Any:

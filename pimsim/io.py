@@ -113,3 +113,8 @@ def write_all(folder: str | os.PathLike, files: dict[str, bytes]) -> None:
         if isinstance(exc, OSError):
             raise OutputError(f"{out}: cannot write: {_reason(exc)}") from None
         raise
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """What is wrong with a file that is not UTF-8 (the first bad byte and its offset)."""
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"

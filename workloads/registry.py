@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pimsim.errors import PimsimError
-from workloads.schema import not_utf8
+from pimsim.io import not_utf8
 
 MODELS_DIR = Path(__file__).parent / "models"
 TRACES_DIR = Path(__file__).parent / "traces"

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
 from pimsim.errors import PimsimError
-from pimsim.io import atomic_write
+from pimsim.io import atomic_write, not_utf8
 
 #: Version of the trace format; bumped on any incompatible change.
 SCHEMA_VERSION = 1
@@ -448,11 +448,6 @@ def _path_text(path: Any, what: str) -> str:
     if not text:
         raise TraceError(f"{what} path: empty (expected a {what} file)")
     return text
-
-
-def not_utf8(exc: UnicodeDecodeError) -> str:
-    """What is wrong with a file that is not UTF-8 (the first bad byte and its offset)."""
-    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
 
 
 def dumps(data: Mapping[str, Any]) -> str:

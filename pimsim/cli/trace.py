@@ -136,7 +136,8 @@ def _trace(args) -> int:
     from pimsim.errors import PimsimError
     from workloads.generate import DEFAULT_PROMPT
     from workloads.registry import get_model
-    from workloads.schema import TraceError, not_utf8, trace_from_dict, write_trace
+    from pimsim.io import not_utf8
+    from workloads.schema import TraceError, trace_from_dict, write_trace
     from workloads.summary import summarize
 
     prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
