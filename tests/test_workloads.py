@@ -308,6 +308,59 @@ MALFORMED = [
     (_set(["phases", 0, "phase"], "warmup"), "phases"),
     (_set(["config", "n_layer"], 11), "config_hash"),
     (_set(["weights", "lm_head.weight"], {"shape": [1], "dtype": "bfloat16"}), "parameters"),
+    # cross-op consistency (decode of gpt2-small, layer 0: ops 5/6 kv_append k/v, 7 attn_score,
+    # 8 softmax, 9 attn_context; prefill ops 7 attn_score, 9 attn_context)
+    (_set(["phases", 1, "ops", 5, "head_dim"], 32), "phases[1].ops[5].head_dim: expected 64"),
+    (_set(["phases", 1, "ops", 6, "kv_heads"], 6), "phases[1].ops[6].kv_heads: expected 12"),
+    (_set(["phases", 1, "ops", 9, "head_dim"], 32), "phases[1].ops[9].head_dim: expected 64"),
+    (_set(["phases", 1, "ops", 9, "window"], 8), "phases[1].ops[9].window: expected null"),
+    (_set(["phases", 1, "ops", 8, "heads"], 24), "phases[1].ops[8].heads: expected 12"),
+    (_set(["phases", 1, "ops", 7, "q_len"], 4), "phases[1].ops[7].q_len"),
+    (_set(["phases", 1, "ops", 5, "tokens"], 3), "phases[1].ops[5].tokens"),
+    (_set(["phases", 1, "ops", 4, "tokens"], 5), "phases[1].ops[4].tokens"),
+    (_set(["phases", 0, "ops", 5, "tokens"], 31), "phases[0].ops[5].tokens"),
+    (_set(["phases", 1, "ops", 6, "target"], "k"), "one kv_append:k op per layer"),
+    (_set(["phases", 1, "ops", 3, "features"], 512), "phases[1].ops[3].weight"),
+    (_set(["phases", 1, "ops", 4, "out_features"], 2304 // 2), "phases[1].ops[4].weight"),
+    (_set(["phases", 1, "ops", 0, "dim"], 384), "phases[1].ops[0].weight"),
+]
+
+
+def _copy_op(phase, src, dst):
+    """Overwrite op ``dst`` with op ``src`` (keeping ``dst``'s deps)."""
+    def apply(data):
+        ops = data["phases"][phase]["ops"]
+        ops[dst] = dict(copy.deepcopy(ops[src]), deps=ops[dst]["deps"])
+    return apply
+
+
+def _head_dim(phase, layer, value):
+    """Give every attention op of one layer of one phase another head_dim (consistent
+    within the phase)."""
+    def apply(data):
+        for op in data["phases"][phase]["ops"]:
+            if op["layer"] == layer and "head_dim" in op:
+                op["head_dim"] = value
+    return apply
+
+
+def _drop_op(phase, index):
+    """Turn op ``index`` into an elementwise op (the layer loses that op's kind)."""
+    def apply(data):
+        op = data["phases"][phase]["ops"][index]
+        keep = {k: op[k] for k in ("module", "layer", "deps", "dtype")}
+        op.clear()
+        op.update(keep, op="elementwise", kind="other", role="other", features=1, tokens=1,
+                  operands=1, scalar=False)
+    return apply
+
+
+MALFORMED += [
+    (_drop_op(1, 7), "it has no attn_score"),
+    (_drop_op(1, 6), "it has no kv_append:v"),
+    (_drop_op(0, 9), "it has no attn_context"),
+    (_copy_op(1, 8, 9), "phases[1].ops[9].op: expected one softmax op per layer"),
+    (_head_dim(0, 0, 32), "phases[1].ops[7].head_dim: expected 32, as in the prefill"),
 ]
 
 

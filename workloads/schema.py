@@ -350,6 +350,9 @@ def trace_from_dict(data: Any, origin: str = "<trace>") -> Trace:
         phases[p["phase"]] = _phase(c, p, f"phases[{pi}]", weights)
     if phases["decode"].tokens != 1:
         c.fail("phases[1].tokens", "1 (one decode step)", phases["decode"].tokens)
+    for pi, name in enumerate(PHASES):
+        _check_phase_consistency(c, phases[name], f"phases[{pi}]", weights)
+    _check_attention_across_phases(c, phases)
 
     return Trace(model=data["model"], source=data["source"], config=config,
                  config_hash=data["config_hash"], libraries=dict(libraries), dtype=data["dtype"],
@@ -413,6 +416,93 @@ def _op(c: _Checker, o: Any, index: int, where: str, weights: Mapping[str, Any])
     attrs = {k: v for k, v in o.items() if k not in COMMON_FIELDS}
     return Op(index=index, op=kind, module=o["module"], layer=layer, deps=tuple(deps),
               dtype=o["dtype"], attrs=MappingProxyType(attrs))
+
+
+#: Attention geometry every attention op of a layer must agree on, per op kind (the
+#: softmax calls the query heads ``heads``; a kv_append carries only the K/V side).
+_ATTN_FIELDS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType({
+    "attn_score": (("q_heads", "q_heads"), ("kv_heads", "kv_heads"), ("head_dim", "head_dim"),
+                   ("q_len", "q_len"), ("window", "window"), ("causal", "causal")),
+    "attn_context": (("q_heads", "q_heads"), ("kv_heads", "kv_heads"), ("head_dim", "head_dim"),
+                     ("q_len", "q_len"), ("window", "window"), ("causal", "causal")),
+    "softmax": (("heads", "q_heads"), ("q_len", "q_len"), ("window", "window"),
+                ("causal", "causal")),
+    "kv_append": (("kv_heads", "kv_heads"), ("head_dim", "head_dim")),
+})
+
+
+def _check_phase_consistency(c: _Checker, phase: Phase, where: str,
+                             weights: Mapping[str, Any]) -> None:
+    """Cross-op checks of one phase: sizes agree with the step, the weights table and the
+    other ops of the layer. Each layer with attention has one attn_score, softmax and
+    attn_context, and one kv_append per K and V, all of one geometry."""
+    T = phase.tokens
+    by_layer: dict[int, dict[str, list[Op]]] = {}
+    for o in phase.ops:
+        at = f"{where}.ops[{o.index}]"
+        if "tokens" in o.attrs and o["tokens"] > T:
+            c.fail(at + ".tokens", f"at most the phase's {T} tokens", o["tokens"])
+        if o.op in ("kv_append", "rotary") and o["tokens"] != T:
+            c.fail(at + ".tokens", f"the phase's {T} tokens (every token of the step)",
+                   o["tokens"])
+        if "q_len" in o.attrs and o["q_len"] != T:
+            c.fail(at + ".q_len", f"the phase's {T} tokens", o["q_len"])
+        sizes = []
+        if o.op == "embedding":
+            sizes.append(("weight", o["rows"] * o["dim"], "rows x dim"))
+        elif o.op in ("layernorm", "rmsnorm"):
+            sizes += [(k, o["features"], "features") for k in ("weight", "bias")]
+        elif o.op in ("linear", "lm_head"):
+            sizes.append(("bias", o["out_features"], "out_features"))
+        for key, n, what in sizes:
+            if o.get(key) is not None and math.prod(weights[o[key]]["shape"]) != n:
+                c.fail(f"{at}.{key}", f"a weight of {what} = {n} elements",
+                       weights[o[key]]["shape"])
+        if o.op == "rotary" and o["rotary_dim"] > o["head_dim"]:
+            c.fail(at + ".rotary_dim", f"at most head_dim ({o['head_dim']})", o["rotary_dim"])
+        if o.op in _ATTN_FIELDS or o.op == "rotary":
+            if o.layer is None:
+                c.fail(at + ".layer", f"a layer index (a {o.op} op belongs to a layer)", None)
+            kind = o.op if o.op not in ("kv_append", "rotary") else f"{o.op}:{o['target']}"
+            by_layer.setdefault(o.layer, {}).setdefault(kind, []).append(o)
+    for layer, kinds in by_layer.items():
+        for kind, ops in kinds.items():
+            if len(ops) > 1:
+                c.fail(f"{where}.ops[{ops[1].index}].op", f"one {kind} op per layer (layer "
+                       f"{layer} already has ops[{ops[0].index}])", ops[1].op)
+        first = next(iter(kinds.values()))[0]
+        for kind in ("attn_score", "softmax", "attn_context", "kv_append:k", "kv_append:v"):
+            if kind not in kinds:
+                c.fail(f"{where}.ops[{first.index}]", f"layer {layer}'s attention to have one "
+                       f"attn_score, softmax, attn_context, kv_append:k and kv_append:v (it "
+                       f"has no {kind})", first.op)
+        score = kinds["attn_score"][0]
+        for kind, ops in kinds.items():
+            o = ops[0]
+            fields = _ATTN_FIELDS.get(o.op)
+            if o.op == "rotary":
+                heads = "q_heads" if o["target"] == "q" else "kv_heads"
+                fields = (("heads", heads), ("head_dim", "head_dim"))
+            for key, ref in fields:
+                if o[key] != score[ref]:
+                    c.fail(f"{where}.ops[{o.index}].{key}", f"{json.dumps(score[ref])}, the "
+                           f"{ref} of layer {layer}'s attn_score (ops[{score.index}])", o[key])
+
+
+def _check_attention_across_phases(c: _Checker, phases: Mapping[str, Phase]) -> None:
+    """Prefill and decode see the same attention geometry in every layer (``causal`` may
+    differ: one query token needs no mask)."""
+    geometry = ("q_heads", "kv_heads", "head_dim", "window")
+    prefill = {o.layer: o for o in phases["prefill"].ops if o.op == "attn_score"}
+    dec = {o.layer: o for o in phases["decode"].ops if o.op == "attn_score"}
+    if set(prefill) != set(dec):
+        c.fail("phases", "the same layers with attention in prefill and decode",
+               f"prefill {sorted(prefill)}, decode {sorted(dec)}")
+    for layer, o in dec.items():
+        for key in geometry:
+            if o[key] != prefill[layer][key]:
+                c.fail(f"phases[1].ops[{o.index}].{key}", f"{json.dumps(prefill[layer][key])}, "
+                       f"as in the prefill (phases[0].ops[{prefill[layer].index}])", o[key])
 
 
 # --- reading and writing ------------------------------------------------------------------
