@@ -31,6 +31,7 @@ import math
 import os
 import re
 import sys
+import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -914,6 +915,36 @@ def _scheduler_host_port(address: str) -> tuple[str, str, int]:
     return scheme, host, int(port)
 
 
+def _expect_dask_handshake(sock, address: str) -> None:
+    """Check that the peer of a fresh TCP connection speaks first, as a Dask scheduler
+    does: it sends its handshake message at once, framed as an 8-byte little-endian total
+    length and an 8-byte frame count. A listener that sends nothing (a Dask ``Client``
+    would wait for it without a timeout, dask/distributed#8071) or something else is a
+    one-line :class:`PimsimError` within :data:`_CONNECT_TIMEOUT_S` seconds."""
+    import socket
+
+    head = b""
+    sock.settimeout(_CONNECT_TIMEOUT_S)
+    deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+    try:
+        while len(head) < 16:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = sock.recv(16 - len(head))
+            if not chunk:
+                raise PimsimError(f"cannot reach the Dask scheduler at {address}: the "
+                                  f"connection was closed before a Dask handshake")
+            head += chunk
+    except socket.timeout:
+        raise PimsimError(f"cannot reach the Dask scheduler at {address}: no Dask handshake "
+                          f"within {_CONNECT_TIMEOUT_S} s (is a Dask scheduler listening on "
+                          f"that port?)") from None
+    total = int.from_bytes(head[:8], "little")
+    frames = int.from_bytes(head[8:16], "little")
+    if not (0 < total < 1 << 24 and 1 <= frames <= 64):
+        raise PimsimError(f"cannot reach the Dask scheduler at {address}: the service on that "
+                          f"port is not a Dask scheduler (it sent {head!r})")
+
+
 def _connect(scheduler):
     """A ``distributed.Client`` for ``scheduler`` (an address, a Client, or anything a
     Client takes, such as a ``LocalCluster``), and whether this call made it (and must
@@ -927,13 +958,15 @@ def _connect(scheduler):
     if isinstance(scheduler, Client):
         return scheduler, False
     if isinstance(scheduler, str):
-        _, host, port = _scheduler_host_port(scheduler)
+        scheme, host, port = _scheduler_host_port(scheduler)
         # a plain socket first: a refused or unknown address fails at once (a Client
         # would retry until its timeout, and can hang on close when it never connected)
         import socket
 
         try:
-            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S).close()
+            with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_S) as sock:
+                if scheme == "tcp":
+                    _expect_dask_handshake(sock, scheduler)
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise PimsimError(f"cannot reach the Dask scheduler at {scheduler}: {reason}") from None

@@ -385,6 +385,51 @@ def test_cli_bad_scheduler_fails_fast_and_writes_nothing(grid_file, tmp_path, ca
     assert not (tmp_path / "new").exists() and list(kept.iterdir()) == []
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("banner,message", [
+    (None, "no Dask handshake within 1 s (is a Dask scheduler listening on that port?)"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "the service on that port is not a Dask scheduler"),
+    (b"", "the connection was closed before a Dask handshake"),
+], ids=["silent", "other-service", "closes"])
+def test_cli_scheduler_port_that_is_not_dask_fails_within_the_timeout(
+        grid_file, tmp_path, capsys, monkeypatch, banner, message):
+    """A port that accepts connections but is not a Dask scheduler: a Dask Client would
+    wait for its handshake without a timeout; the sweep fails within the connect timeout."""
+    pytest.importorskip("distributed")
+    import socket
+    import threading
+
+    monkeypatch.setattr(sweeps, "_CONNECT_TIMEOUT_S", 1)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held = []
+
+    def serve():
+        conn, _ = server.accept()
+        held.append(conn)
+        if banner is not None:
+            conn.sendall(banner)
+            if not banner:
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    out = tmp_path / "out"
+    start = time.monotonic()
+    try:
+        assert main(["sweep", str(grid_file), "--scheduler", f"tcp://127.0.0.1:{port}",
+                     "--out", str(out)]) == 2
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    assert time.monotonic() - start < 5
+    err = _cli_error(capsys)
+    assert err.startswith(f"pimsim: error: cannot reach the Dask scheduler at "
+                          f"tcp://127.0.0.1:{port}: {message}"), err
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- execution
 
 @pytest.mark.e2e
