@@ -161,15 +161,31 @@ def _plots(result) -> dict[str, bytes]:
 
 
 def _chrome_trace(timeline) -> str:
-    """Chrome trace event format (opens in Perfetto): one complete event per node."""
-    events = []
-    lanes = {}
-    for name, cat, ch, start, end in timeline:
+    """Chrome trace event format (opens in Perfetto): one complete event per node, from its
+    start to its end, on its resource's track (a channel, the ASIC, a channel's link).
+
+    Complete events on one track must not overlap (Perfetto and the trace format accept
+    only nesting), but nodes of one resource can: a kernel ends when its last read's data
+    are back, after its channel went to the next kernel, and transfers hold no resource.
+    So a node that would overlap an earlier one on its track goes to the first further
+    track of that resource where it does not ("channel 2 (2)", next to "channel 2")."""
+    placed = []
+    tracks: dict[tuple, int] = {}      # (lane, k) -> end of its last event
+    lanes: dict[str, int] = {}         # lane -> order of first appearance
+    for name, cat, ch, start, end in sorted(timeline, key=lambda e: (e[3], e[4])):
         lane = f"channel {ch}" if ch >= 0 and cat not in ("asic", "transfer") else (
             "ASIC" if cat == "asic" else f"link {ch}")
-        tid = lanes.setdefault(lane, len(lanes))
-        events.append({"name": name, "cat": cat, "ph": "X", "pid": 0, "tid": tid,
-                       "ts": start / 1e6, "dur": (end - start) / 1e6})
-    meta = [{"name": "thread_name", "ph": "M", "pid": 0, "tid": tid, "args": {"name": lane}}
-            for lane, tid in lanes.items()]
+        lanes.setdefault(lane, len(lanes))
+        k = 0
+        while tracks.get((lane, k), start) > start:
+            k += 1
+        tracks[(lane, k)] = end
+        placed.append((name, cat, (lane, k), start, end))
+    tid_of = {t: i for i, t in enumerate(sorted(tracks, key=lambda t: (lanes[t[0]], t[1])))}
+    events = [{"name": name, "cat": cat, "ph": "X", "pid": 0, "tid": tid_of[t],
+               "ts": start / 1e6, "dur": (end - start) / 1e6}
+              for name, cat, t, start, end in placed]
+    meta = [{"name": "thread_name", "ph": "M", "pid": 0, "tid": tid,
+             "args": {"name": lane if k == 0 else f"{lane} ({k + 1})"}}
+            for (lane, k), tid in tid_of.items()]
     return json.dumps({"traceEvents": meta + events, "displayTimeUnit": "ns"}, sort_keys=True)
