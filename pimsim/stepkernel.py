@@ -55,11 +55,13 @@ KEEP_MAX = 1 << 18
 
 
 @njit(cache=True)
-def account_run(cycles, cmd, ins_cycle, ins_cmd, class_of, n_classes, tail_of):
+def account_run(cycles, cmd, ins_cycle, ins_cmd, class_of, n_classes, cmd_acct):
     """Channel cycles by class (each gap between consecutive issued commands goes to the
-    command before it, the last command gets one cycle), the data tail after the last
-    issue, and the cycle the last read's data is back (-1: no read); input and inserted
-    commands are both in increasing cycle order."""
+    command before it, at most ``cmd_acct[1, k]`` cycles after an inserted command k when
+    that is positive; the last command gets one cycle), the data tail after the last
+    issue, and the cycle the last read's data is back (-1: no read); ``cmd_acct[0, k]`` is
+    the cycles until a command k's data is back (-1: none). Input and inserted commands
+    are both in increasing cycle order."""
     out = np.zeros(n_classes, dtype=np.int64)
     n = cycles.shape[0]
     m = ins_cycle.shape[0]
@@ -68,24 +70,31 @@ def account_run(cycles, cmd, ins_cycle, ins_cmd, class_of, n_classes, tail_of):
     have = False
     pc = 0
     pk = 0
+    p_cap = 0
     last_read_end = -1
     while i < n or j < m:
         if j >= m or (i < n and cycles[i] < ins_cycle[j]):
             t = cycles[i]
             k = cmd[i]
-            lat = tail_of[k]
+            lat = cmd_acct[0, k]
             if lat >= 0 and t + lat > last_read_end:
                 last_read_end = t + lat
             i += 1
+            cap = 0
         else:
             t = ins_cycle[j]
             k = ins_cmd[j]
             j += 1
+            cap = cmd_acct[1, k]
         if have:
-            out[class_of[pk]] += t - pc
+            d = t - pc
+            if p_cap > 0 and d > p_cap:
+                d = p_cap
+            out[class_of[pk]] += d
         have = True
         pc = t
         pk = k
+        p_cap = cap
     if have:
         out[class_of[pk]] += 1
     tail = 1
@@ -622,7 +631,7 @@ def _try_piece(pc, not_before, memo_on, refresh_on, p_memo, lk, nx, chl, key, n_
 
 @njit(cache=True)
 def _run_piece(pc, not_before, cyc_off, keyed, base, h, nk, eng, arena, ch, refresh_on, store,
-               bufs, class_of, n_classes, tail_of, counts, classes):
+               bufs, class_of, n_classes, cmd_acct, counts, classes):
     """Issue piece ``pc`` on a channel (state ``ch``), its first command no earlier than
     ``not_before``, its cycles written at ``cyc_off`` of the cycle buffer; store the run
     under its key (from :func:`_try_piece`) when it qualifies. Adds its command counts and
@@ -672,7 +681,7 @@ def _run_piece(pc, not_before, cyc_off, keyed, base, h, nk, eng, arena, ch, refr
     if status != 0:
         return ERR_CHANNEL, 0, 0, -1, 0
     run_classes, _, read_end = account_run(cyc, a_cmd[o:o + n], ins_cycle[:n_ins],
-                                           ins_cmd[:n_ins], class_of, n_classes, tail_of)
+                                           ins_cmd[:n_ins], class_of, n_classes, cmd_acct)
     for k in range(counts.shape[0]):
         counts[k] += run_counts[k]
     for k in range(n_classes):
@@ -756,7 +765,7 @@ def _lookup_tables(eng, arena, store):
 
 @njit(cache=True)
 def _issue_split(pc, not_before, pos, keyed, base, h, nk, eng, arena, ch, memo_on, refresh_on,
-                 store, bufs, class_of, n_classes, tail_of, counts, classes, misc, look):
+                 store, bufs, class_of, n_classes, cmd_acct, counts, classes, misc, look):
     """Piece ``pc``, at ``pos`` in its stream, whose own stored run did not apply (its key
     from :func:`_try_piece` in ``bufs[4]``): its sub-pieces one by one (each replayed or
     issued); its own run is then stored when every sub-piece was issued and nothing
@@ -792,7 +801,7 @@ def _issue_split(pc, not_before, pos, keyed, base, h, nk, eng, arena, ch, memo_o
         else:
             status, st, f, re, n_ins = _run_piece(q, nb, pos + p_off[q] - p_off[pc], qkeyed,
                                                   qbase, qh, qnk, eng, arena, ch, refresh_on,
-                                                  store, bufs, class_of, n_classes, tail_of,
+                                                  store, bufs, class_of, n_classes, cmd_acct,
                                                   counts, classes)
             if status != OK:
                 return status, 0, 0, -1, False, 0
@@ -821,7 +830,7 @@ def _issue_split(pc, not_before, pos, keyed, base, h, nk, eng, arena, ch, memo_o
 
 @njit(cache=True)
 def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bufs,
-           class_of, n_classes, tail_of, counts, classes, misc):
+           class_of, n_classes, cmd_acct, counts, classes, misc):
     """Issue stream ``sid`` on channel ``c``, its first command no earlier than
     ``not_before``: a stored run of the whole stream if it has several pieces and one
     applies, else piece by piece. Returns (status, refresh stall, tail: cycles from the
@@ -889,7 +898,7 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
         elif split:
             status, st, f, re, issued, n_ins = _issue_split(
                 pc, nb, ppos[j], pkeyed, pbase, ph, pnk, eng, arena, ch, memo_on, refresh_on,
-                store, bufs, class_of, n_classes, tail_of, counts, classes, misc, look)
+                store, bufs, class_of, n_classes, cmd_acct, counts, classes, misc, look)
             if status != OK:
                 return status, 0, 0, 0
             if not issued:
@@ -897,7 +906,7 @@ def _issue(c, sid, not_before, eng, arena, chans, memo_on, refresh_on, store, bu
         else:
             status, st, f, re, n_ins = _run_piece(pc, nb, ppos[j], pkeyed, pbase, ph, pnk, eng,
                                                   arena, ch, refresh_on, store, bufs, class_of,
-                                                  n_classes, tail_of, counts, classes)
+                                                  n_classes, cmd_acct, counts, classes)
             if status != OK:
                 return status, 0, 0, 0
             misc[M_ISSUED] += 1
@@ -1037,7 +1046,7 @@ def _arrival(u, t0, start_delay, in_ptr, in_src, in_lat, nrank, end):
 @njit(cache=True)
 def run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod, user_ptr,
              user_idx, dur, ksid, kchan, t0, n_res, tck, eng, arena, chans, refr, memo_on,
-             refresh_on, store, bufs, class_of, n_classes, tail_of,
+             refresh_on, store, bufs, class_of, n_classes, cmd_acct,
              o_ready, o_start, o_end, o_via, o_delay, counts, classes, misc):
     """One step's schedule (see :meth:`pimsim.system.SystemSimulator._run_listed`): kind 0
     kernel (stream ``ksid`` on channel ``kchan``), 1 ASIC operator (``dur`` ps); resource
@@ -1120,7 +1129,7 @@ def run_step(kind, res, prio, start_delay, in_ptr, in_src, in_lat, nrank, n_prod
                 if not hit:
                     status, stall, tail, first = _issue(c, ksid[x], not_before, eng, arena,
                                                         chans, memo_on, refresh_on, store,
-                                                        bufs, class_of, n_classes, tail_of,
+                                                        bufs, class_of, n_classes, cmd_acct,
                                                         counts, classes, misc)
                     if status != OK:
                         misc[M_STATUS] = status

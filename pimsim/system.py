@@ -146,10 +146,17 @@ class SystemSimulator:
         self.keep_logs = keep_logs
         self.logs: list[list] = [[] for _ in range(spec.dram.channels)]
         t = spec.dram.timing
-        #: per command: cycles from its issue until its data is back at the ASIC (-1: no data)
-        self._tail_of = np.full(len(COMMANDS), -1, dtype=np.int64)
-        self._tail_of[CMD_ID["RD"]] = t.get("nCL", 0) + t.get("nBL", 0)
-        self._tail_of[CMD_ID["RDMAC16"]] = t.get("nCLREG", 0) + t.get("nBL", 0)
+        #: per command k: [0, k] cycles from its issue until its data is back at the ASIC
+        #: (-1: no data); [1, k] the most channel cycles an engine-inserted k is charged
+        #: (0: no limit): a refresh inserted into idle time blocks the channel for nRFC,
+        #: and the wait beyond that for the next kernel's first command is idle
+        self._cmd_acct = np.full((2, len(COMMANDS)), -1, dtype=np.int64)
+        self._cmd_acct[1] = 0
+        self._cmd_acct[0, CMD_ID["RD"]] = t.get("nCL", 0) + t.get("nBL", 0)
+        self._cmd_acct[0, CMD_ID["RDMAC16"]] = t.get("nCLREG", 0) + t.get("nBL", 0)
+        for name, key in (("REFab", "nRFCab"), ("REFpb", "nRFCpb")):
+            if name in CMD_ID:
+                self._cmd_acct[1, CMD_ID[name]] = t.get(key, 0)
         #: replay identical kernel runs (exact; see _issue_kernel)
         self.memo = memo
         self.memo_hits = 0
@@ -315,7 +322,7 @@ class SystemSimulator:
         res = issue(self.dram, stream, state=st, release=release, validate_stream=False)
         ins = res.inserted
         classes, tail = _account(res.cycles, stream.cmd, ins["cycle"], ins["cmd"],
-                                 self._tail_of)
+                                 self._cmd_acct)
         run = _KernelRun({k: v for k, v in res.counts.items() if v},
                          {k: v for k, v in zip(_CLASSES, classes.tolist()) if v},
                          int(res.refresh_stall_cycles), tail, res)
@@ -554,7 +561,7 @@ class SystemSimulator:
                     plan.in_lat, plan.nrank, plan.n_prod, plan.user_ptr, plan.user_idx,
                     plan.dur, plan.ksid, plan.res, t0, len(self.channels) + 1, self.tck,
                     cs.eng, a, chans, cs.refr, self.memo, int(self._refresh_on), store, cs.bufs,
-                    _CLASS_OF, len(_CLASSES), self._tail_of, o_ready, o_start, o_end, o_via,
+                    _CLASS_OF, len(_CLASSES), self._cmd_acct, o_ready, o_start, o_end, o_via,
                     o_delay, counts, classes, misc)
         cs.save(self.channels)
         if misc[sk.M_STATUS] == sk.ERR_CHANNEL:
@@ -1015,8 +1022,8 @@ class _Stored:
         return _KernelRun(r.counts, r.classes, 0, r.tail, None, self.cycles_rel, base)
 
 
-def _account(cycles, cmd, ins_cycle, ins_cmd, tail_of):
-    out, tail, _ = account_run(cycles, cmd, ins_cycle, ins_cmd, _CLASS_OF, len(_CLASSES), tail_of)
+def _account(cycles, cmd, ins_cycle, ins_cmd, cmd_acct):
+    out, tail, _ = account_run(cycles, cmd, ins_cycle, ins_cmd, _CLASS_OF, len(_CLASSES), cmd_acct)
     return out, int(tail)
 
 

@@ -229,11 +229,6 @@ def test_refresh_accounting(runs, name):
             rel=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "channel_time_s['refresh'] counts the idle gap between a refresh the engine issues when "
-    "due in an idle gap and the next kernel's first command (pimsim.stepkernel.account_run "
-    "and the compiled kernel; _account_flush caps at nRFCab): pimsim simulate gpt2-small "
-    "--prompt 8 --tokens 3 --set refresh.postpone=0 --set refresh.pull_in=0 --json"))
 def test_a_refresh_when_due_holds_its_channel_for_nrfcab():
     ov = ["refresh.postpone=0", "refresh.pull_in=0"]
     d = pimsim.simulate("gpt2-small", prompt=PROMPT, tokens=TOKENS, overrides=ov).to_dict()
