@@ -45,4 +45,5 @@ ax2.set_ylabel("tokens/s")
 ax2.set_title("Decode throughput")
 fig.tight_layout()
 if FIGURES:
+    Path(FIGURES).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(FIGURES) / "asic_clock.png", dpi=100)

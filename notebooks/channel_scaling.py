@@ -58,4 +58,5 @@ ax2.set_title(f"{models[-1]}: latency breakdown")
 ax2.legend(fontsize=7)
 fig.tight_layout()
 if FIGURES:
+    Path(FIGURES).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(FIGURES) / "channel_scaling.png", dpi=100)

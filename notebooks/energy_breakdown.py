@@ -48,4 +48,5 @@ ax.set_title("Energy per decode token")
 ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
 fig.tight_layout()
 if FIGURES:
+    Path(FIGURES).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(FIGURES) / "energy_breakdown.png", dpi=100)

@@ -73,4 +73,5 @@ ax.set_title("What each removable part of the system costs")
 ax.legend()
 fig.tight_layout()
 if FIGURES:
+    Path(FIGURES).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(FIGURES) / "gap_to_bound.png", dpi=100)

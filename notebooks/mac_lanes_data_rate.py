@@ -47,4 +47,5 @@ ax2.set_ylabel("internal bandwidth / peak")
 ax2.set_title("Internal bandwidth used")
 fig.tight_layout()
 if FIGURES:
+    Path(FIGURES).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(FIGURES) / "mac_lanes_data_rate.png", dpi=100)

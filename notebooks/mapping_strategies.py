@@ -45,4 +45,5 @@ ax2.set_ylabel("us per token")
 ax2.set_title("Latency per token")
 fig.tight_layout()
 if FIGURES:
+    Path(FIGURES).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(FIGURES) / "mapping_strategies.png", dpi=100)

@@ -55,4 +55,5 @@ ax.set_title(f"GPT-2 small: {len(result.ok)} configurations")
 ax.legend()
 fig.tight_layout()
 if FIGURES:
+    Path(FIGURES).mkdir(parents=True, exist_ok=True)
     fig.savefig(Path(FIGURES) / "pareto.png", dpi=100)

@@ -139,6 +139,15 @@ def test_presets_listing_and_show(capsys):
     assert main(["presets", "pim-gpt"]) == 0
     out = capsys.readouterr().out
     assert "timing.nRCDRDMAC" in out and "AiM" in out and "timing.nMAC" in out
+    # every sourced value is shown, with its value and its source
+    spec = load_preset("pim-gpt")
+    shown = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    for key, source in spec.sources.items():
+        sec, name = key.split(".", 1)
+        part = spec.dram.timing if sec == "timing" else spec.to_dict().get(sec, {})
+        assert key in shown and source[:40] in shown[key], key
+        if sec in ("asic", "link", "pim", "timing"):
+            assert shown[key].split()[1] == str(part[name]).lower(), key
     assert main(["presets", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["pim-gpt"]["digest"] == load_preset("pim-gpt").digest

@@ -38,7 +38,8 @@ def test_notebook_runs_at_reduced_size(path, tmp_path, monkeypatch):
     import jupytext  # installed by the test extra
     import nbclient
     monkeypatch.setenv("PIMSIM_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("PIMSIM_NOTEBOOK_FIGURES", str(tmp_path))
+    figures = tmp_path / "figures"  # made by the notebook
+    monkeypatch.setenv("PIMSIM_NOTEBOOK_FIGURES", str(figures))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     pythonpath = os.environ.get("PYTHONPATH", "")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), pythonpath])))
@@ -46,7 +47,7 @@ def test_notebook_runs_at_reduced_size(path, tmp_path, monkeypatch):
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first failing cell
-    figure = tmp_path / FIGURES[path.stem]
+    figure = figures / FIGURES[path.stem]
     assert figure.is_file() and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shown = [o for cell in nb.cells for o in cell.get("outputs", [])
              if "image/png" in o.get("data", {})]

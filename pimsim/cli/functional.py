@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                     "approximations) and compare the logits of every decode step with PyTorch: "
                     "the model with the hardware's arithmetic and order ('hardware'), with BF16 "
                     "operands, with BF16 weights, and in FP32. Needs torch and transformers.")
-    p.add_argument("model", help="registry model (pimsim trace list shows them)")
+    p.add_argument("model", help="registry model (pimsim trace --list shows them)")
     p.add_argument("--steps", type=int, default=8, help="decode steps (default 8)")
     p.add_argument("--prompt", type=int, default=8, help="random prompt tokens before (default 8)")
     p.add_argument("--exact-nonlinear", action="store_true",

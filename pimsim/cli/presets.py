@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pimsim.config import load_preset, preset_names
+    from pimsim.config import PRESET_SECTIONS, load_preset, preset_names
     from pimsim.errors import PimsimError
 
     if not args.name:
@@ -50,15 +50,14 @@ def run(args) -> int:
         ("clock.pins_per_channel", spec.clock.pins_per_channel),
     ]
     rows += [(f"timing.{k}", v) for k, v in d.timing.items()]
-    if spec.pim:
-        rows += [("pim.mac_lanes", spec.pim.mac_lanes),
-                 ("pim.global_buffer_bytes", spec.pim.global_buffer_bytes),
-                 ("pim.clock_MHz", spec.pim.clock_MHz),
-                 ("pim.result_registers", spec.pim.result_registers),
-                 ("pim.gb_reuse", str(spec.pim.gb_reuse).lower())]
+    for sec in ("pim", "asic", "link"):  # optional sections, present in PIM presets
+        part = getattr(spec, sec, None)
+        if part is not None:
+            rows += [(f"{sec}.{p.key}", getattr(part, p.key)) for p in PRESET_SECTIONS[sec]]
     rows += [("refresh.policy", d.refresh_policy), ("refresh.phase_cycles", d.refresh_phase_cycles),
              ("refresh.postpone", d.refresh_postpone), ("refresh.pull_in", d.refresh_pull_in)]
     for key, value in rows:
+        value = str(value).lower() if isinstance(value, bool) else value
         src = spec.sources.get(key, "derived" if key == "timing.nMAC" else "")
         print(f"  {key:34s} {str(value):>8s}   {src}")
     print(f"standard {d.standard}: {len(d.constraints)} constraints")
