@@ -46,16 +46,23 @@ DEVICES = {
                  "NVIDIA T4 spec: 256-bit GDDR6 at 10 Gb/s = 320 GB/s; efficiency 78 % assumed "
                  "(high), 60 % (low, assumed); per-layer HF eager overhead 0.32-0.95 ms from V100 "
                  "and RTX 5090 HF runs (shared reference baselines.md 4.1)"),
-    "Xeon-6154": Device("Intel Xeon Gold 6154 (1 socket)", 128.0, (0.55, 0.7), (1.0, 2.0),
-                        "Intel ARK: 6 x DDR4-2666 = 128 GB/s; 90 GB/s achieved assumed (high), "
-                        "70 GB/s (low); per-layer eager overhead about 1.7 ms derived from "
-                        "published GPT-2 small CPU runs (baselines.md 4.3), range assumed"),
+    "Xeon-6154": Device("Intel Xeon Gold 6154 (1 socket)", 128.0, (60.0 / 128.0, 90.0 / 128.0), (1.0, 2.0),
+                        "Intel ARK: 6 x DDR4-2666 = 128 GB/s; 90 GB/s achieved (high) and 60 GB/s "
+                        "(low), both as baselines.md 4.3 assumes them; per-layer eager overhead 1-2 ms "
+                        "(about 1.7 ms derived from published GPT-2 small CPU runs, baselines.md 4.3)"),
     "A100": Device("NVIDIA A100 80GB SXM", 2039.0, (0.6, 0.8), (0.1, 0.32),
                    "NVIDIA A100 80GB spec 2,039 GB/s; efficiency assumed; per-layer overhead "
                    "from fused (0.1) to HF eager on a fast host (0.32), baselines.md 4.1"),
     "H200": Device("NVIDIA H200", 4800.0, (0.6, 0.8), (0.1, 0.32),
                    "NVIDIA H200 spec 4.8 TB/s; efficiency and overhead assumed as for A100"),
 }
+
+
+def describe(device: str, precision: str) -> str:
+    """The model's constants for ``device`` in words, as the report states them."""
+    d = DEVICES[device]
+    return (f"{d.bandwidth_GBps:.0f} GB/s x {100 * d.efficiency[0]:.0f}-{100 * d.efficiency[1]:.0f} %, "
+            f"{d.layer_overhead_ms[0]:g}-{d.layer_overhead_ms[1]:g} ms/layer, {precision.upper()}")
 
 
 def step_bytes(model: str, precision: str, ctx: int) -> tuple[float, int, float]:

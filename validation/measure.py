@@ -8,9 +8,10 @@ with random weights (seeded; nothing downloaded), a prompt of random token ids i
 prefilled, then tokens are generated one at a time, greedily, with the KV cache. Each
 decode step is timed (wall clock, synchronised on CUDA); the first ``--warmup`` steps are
 dropped. One JSON file per measurement records the median, spread and every step time,
-the energy where the machine exposes it (RAPL package energy on CPU, NVML on CUDA), the
-peak memory, and the environment: CPU or GPU model, cores and threads, library versions,
-precision, KV cache setting and the date.
+the energy where the machine exposes it (RAPL package energy on CPU; CUDA runs record no
+energy: NVML is not read), the peak host memory during the measurement, and the
+environment: CPU or GPU model, cores and threads, library versions, precision, KV cache
+setting and the date.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ PAPER_MODELS = ["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl",
                 "gpt3-small", "gpt3-medium", "gpt3-large", "gpt3-xl"]
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
+CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def cpu_model() -> str:
@@ -58,6 +60,18 @@ def read_rapl() -> int | None:
         return int(RAPL.read_text())
     except (OSError, ValueError):
         return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak resident set to its current size (Linux 4.0 and later:
+    ``5`` into ``/proc/self/clear_refs``), so that the next reading of the peak covers only
+    what follows. False where the peak cannot be reset: it then includes everything the
+    process did before (earlier models of the same run)."""
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def environment(torch, device: str) -> dict:
@@ -104,6 +118,7 @@ def measure_one(model, name: str, precision: str, threads: int, prompt: int, tok
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
+    peak_reset = reset_peak_rss()
     cfg = model.config
     vocab = cfg.vocab_size
     ids = torch.randint(0, vocab, (1, prompt), device=device)
@@ -147,6 +162,8 @@ def measure_one(model, name: str, precision: str, threads: int, prompt: int, tok
         "min_s_per_token": min(steps), "max_s_per_token": max(steps),
         "prefill_s": prefill_s, "step_s": steps,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_scope": ("this measurement (model built and resident)" if peak_reset else
+                           "the whole process (earlier models of the run included)"),
         "energy_J": None, "energy_source": None,
     }
     if e0 is not None and e1 is not None and e1 >= e0:
@@ -181,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = [1]
     for name in args.models.split(","):
         for precision in args.precision.split(","):
+            model = None  # let the previous model go before the next is built
             model = build(name, precision, args.device)
             if args.compile != "none":
                 model = torch.compile(model, mode=args.compile, dynamic=True)

@@ -13,6 +13,27 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def measured_on(measurements) -> list[str]:
+    """One line per distinct machine and setting of the measured runs: what they are, so
+    that nobody reads them as the paper's Xeon Gold 6154 or T4."""
+    seen: dict[tuple, list[str]] = {}
+    for m in measurements:
+        e = m.get("environment", {})
+        key = (m.get("device", "cpu"), e.get("cpu_model"), e.get("gpu_model"), e.get("logical_cpus"),
+               e.get("torch"), e.get("transformers"), m.get("kv_cache"), m.get("batch"),
+               m.get("prompt_tokens"), m.get("warmup_tokens"), m.get("decode_tokens"),
+               m.get("compile") or "none", e.get("date_utc", "")[:10])
+        seen.setdefault(key, []).append(f"{m['precision']}/t{m['threads']}")
+    lines = []
+    for (dev, cpu, gpu, ncpu, torch, tf, kv, batch, prompt, warm, dec, comp, date), groups in seen.items():
+        where = f"{gpu} (GPU)" if gpu else f"{cpu}, {ncpu} logical CPUs"
+        lines.append(f"{where}; torch {torch}, transformers {tf}; batch {batch}, KV cache "
+                     f"{'on' if kv else 'off'}, random weights, {prompt}-token prompt, {warm} warm-up and "
+                     f"{dec} timed decode steps (median reported), compile {comp}; measured {date}; "
+                     f"groups {', '.join(sorted(set(groups)))}")
+    return lines
+
+
 def render(runs, rows, fit_result, measurements) -> dict[str, bytes]:
     """{relative path: bytes} of the report and its figures."""
     import matplotlib
@@ -31,12 +52,14 @@ def render(runs, rows, fit_result, measurements) -> dict[str, bytes]:
     models = list(runs.models)
     cpu = {m["model"]: m["median_s_per_token"] for m in measurements
            if m["precision"] == "fp32" and m["threads"] == 1}
+    machines = sorted({m.get("environment", {}).get("cpu_model") or "?" for m in measurements
+                       if m["precision"] == "fp32" and m["threads"] == 1})
     fig, ax = plt.subplots(figsize=(7, 3.4))
     xs = range(len(models))
     ax.bar([x - 0.2 for x in xs], [runs.models[m]["latency_per_token_s"] * 1e3 for m in models], 0.4,
            label="PIM-GPT (simulated)")
     ax.bar([x + 0.2 for x in xs], [cpu.get(m, float("nan")) * 1e3 for m in models], 0.4,
-           label="CPU fp32, 1 thread (measured)")
+           label=f"CPU fp32, 1 thread (measured on {', '.join(machines)})")
     ax.set_yscale("log")
     ax.set_xticks(list(xs))
     ax.set_xticklabels(models, rotation=30, fontsize=7)
@@ -70,7 +93,10 @@ def render(runs, rows, fit_result, measurements) -> dict[str, bytes]:
         lines += ["", "Where ours differs:", ""]
         lines += [f"- **{r['claim']}**: {r['explanation']}." for r in differs]
     lines += ["", "![speedup](figures/speedup.png)", "", "## Simulated and measured latency", "",
-              "| model | PIM-GPT simulated (ms/token) | CPU fp32 1 thread measured (ms/token) |",
+              "The measured CPU runs (`validation/data`, `python -m validation.measure`) were made on the "
+              "machine below, not on the paper's Xeon Gold 6154 or T4:", ""]
+    lines += [f"- {line}" for line in measured_on(measurements)]
+    lines += ["", "| model | PIM-GPT simulated (ms/token) | CPU fp32 1 thread measured (ms/token) |",
               "|---|---|---|"]
     for m in models:
         c = cpu.get(m)
