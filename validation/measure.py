@@ -74,6 +74,20 @@ def reset_peak_rss() -> bool:
     return True
 
 
+def peak_rss() -> int:
+    """The process's peak resident set in bytes since it started or since
+    :func:`reset_peak_rss`: ``VmHWM`` of ``/proc/self/status`` where there is one. Not
+    ``getrusage``'s ``ru_maxrss``: that also keeps the peak of the memory image the process
+    replaced at exec, which for a child started by ``vfork`` is its parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # "VmHWM:   123456 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def environment(torch, device: str) -> dict:
     import numpy
     import transformers
@@ -161,7 +175,7 @@ def measure_one(model, name: str, precision: str, threads: int, prompt: int, tok
         "p10_s_per_token": q[0], "p90_s_per_token": q[-1],
         "min_s_per_token": min(steps), "max_s_per_token": max(steps),
         "prefill_s": prefill_s, "step_s": steps,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss(),
         "peak_rss_scope": ("this measurement (model built and resident)" if peak_reset else
                            "the whole process (earlier models of the run included)"),
         "energy_J": None, "energy_source": None,
