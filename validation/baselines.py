@@ -46,7 +46,8 @@ DEVICES = {
                  "NVIDIA T4 spec: 256-bit GDDR6 at 10 Gb/s = 320 GB/s; efficiency 78 % assumed "
                  "(high), 60 % (low, assumed); per-layer HF eager overhead 0.32-0.95 ms from V100 "
                  "and RTX 5090 HF runs (shared reference baselines.md 4.1)"),
-    "Xeon-6154": Device("Intel Xeon Gold 6154 (1 socket)", 128.0, (60.0 / 128.0, 90.0 / 128.0), (1.0, 2.0),
+    "Xeon-6154": Device("Intel Xeon Gold 6154 (1 socket)", 128.0, (60.0 / 128.0, 90.0 / 128.0),
+                        (1.0, 2.0),
                         "Intel ARK: 6 x DDR4-2666 = 128 GB/s; 90 GB/s achieved (high) and 60 GB/s "
                         "(low), both as baselines.md 4.3 assumes them; per-layer eager overhead 1-2 ms "
                         "(about 1.7 ms derived from published GPT-2 small CPU runs, baselines.md 4.3)"),

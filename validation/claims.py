@@ -75,6 +75,15 @@ def _energy_versions(ours, v1, rev) -> tuple[bool, str]:
     return bool(hit), " and ".join(hit) if hit else "neither"
 
 
+def fmt(v) -> str:
+    """A claim's value as the report writes it: a range as "low - high", floats to 4 digits."""
+    if isinstance(v, tuple):
+        return " - ".join(fmt(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
@@ -136,11 +145,11 @@ def evaluate(runs: Runs) -> list[dict]:
             ("energy efficiency over CPU (Xeon Gold 6154)", ec, PAPER["energy_cpu_v1"], PAPER["energy_cpu_rev"],
              "Xeon", "modelled Xeon time")):
         ok, which = _energy_versions(ours, v1, rev)
-        row(claim, f"{_fmt_range(v1)} (v1); {_fmt_range(rev)} (revised)", ours,
+        row(claim, f"{fmt(v1)} (v1); {fmt(rev)} (revised)", ours,
             f"overlaps v1 or revised (here: {which})", ok,
             f"PIM energy range (low-high constants) vs {what} x {POWER_SOURCE[dev]}",
-            f"ours {_fmt_range(ours)} overlaps neither the v1 range {_fmt_range(v1)} nor the revised "
-            f"{_fmt_range(rev)}")
+            f"ours {fmt(ours)} overlaps neither the v1 range {fmt(v1)} nor the revised "
+            f"{fmt(rev)}")
     hit = _span([r["row_hit_rate"] for r in runs.models.values()])
     row("row-hit rate", PAPER["row_hit"], hit, "within 3 points", abs(hit[0] - PAPER["row_hit"]) <= 0.03
         and abs(hit[1] - PAPER["row_hit"]) <= 0.03, "simulated command counts, pim-gpt mapping")
@@ -193,6 +202,3 @@ def evaluate(runs: Runs) -> list[dict]:
         f"shrink with more channels")
     return rows
 
-
-def _fmt_range(r) -> str:
-    return f"{r[0]:.4g} - {r[1]:.4g}"

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import io
 
-
-def _fmt(v) -> str:
-    if isinstance(v, tuple):
-        return " - ".join(_fmt(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+from validation.claims import fmt as _fmt
 
 
 def measured_on(measurements) -> list[str]:
