@@ -1267,3 +1267,31 @@ def prepare(is_transfer, src, dst, link):
     src_a = np.array(in_src, dtype=np.int64) if len(in_src) else np.empty(0, dtype=np.int64)
     lat_a = np.array(in_lat, dtype=np.int64) if len(in_lat) else np.empty(0, dtype=np.int64)
     return order, in_ptr, src_a, lat_a, start_delay, pr_ptr, prod, user_ptr, users
+
+
+@njit(cache=True)
+def critical_path(ready, start, end, via, delay, cat, op, node, t, start_ps, cat_sum, cat_seen,
+                  op_sum, op_seen):
+    """Walk a step's critical path back from ``node`` (ending the step at ``t``) through
+    ``via`` (producer position, -1 the step start): per node its category (``cat``) and
+    operator (``op``) get the part of its run before ``t`` (``cat_sum``/``op_sum``, visited
+    codes marked in ``cat_seen``/``op_seen``). Returns (wait, link latency on the path, 1
+    if a link latency was on it)."""
+    wait = 0
+    transfer = 0
+    has_transfer = 0
+    while node >= 0:
+        r, s, e, d = ready[node], start[node], end[node], delay[node]
+        run = min(e, t) - s
+        cat_sum[cat[node]] += run
+        cat_seen[cat[node]] = 1
+        op_sum[op[node]] += run
+        op_seen[op[node]] = 1
+        wait += (s - r) + (t - min(e, t))
+        if d:
+            transfer += d
+            has_transfer = 1
+        t = r - d
+        node = via[node]
+    wait += t - start_ps
+    return wait, transfer, has_transfer

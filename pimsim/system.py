@@ -588,7 +588,7 @@ class SystemSimulator:
                 stats.busy_ps[cat] = stats.busy_ps.get(cat, 0) + b
         stats.end_ps = self._now
         stats.critical_ps, stats.critical_by_op_ps = _critical_path_arrays(
-            plan.names, plan.cat_names, plan.cat, o_ready, o_start, o_end, o_via, o_delay,
+            plan.cat_names, plan.cat, plan.op, o_ready, o_start, o_end, o_via, o_delay,
             plan.nrank, stats.start_ps, stats.end_ps)
         if stats.timeline is not None:
             plan.timeline(self, stats, o_start.tolist(), o_end.tolist())
@@ -635,6 +635,7 @@ class _StepPlan:
         self.topo_of[order] = np.arange(n)
         order_l = order.tolist()
         self.names = [names_all[v] for v in order_l]
+        self.op = np.fromiter((_op_of(nm) for nm in self.names), dtype=np.int64, count=n)
         self.nrank = np.empty(n, dtype=np.int64)
         self.nrank[sorted(range(n), key=self.names.__getitem__)] = np.arange(n)
         self.kind = codes[order]
@@ -851,32 +852,35 @@ def _op_of(name: str) -> int:
     return int(name.split(":", 1)[0])
 
 
-def _critical_path_arrays(names, cat_names, cat, ready, start, end, via, delay, nrank,
+def _critical_path_arrays(cat_names, cat, op, ready, start, end, via, delay, nrank,
                           start_ps: int, end_ps: int) -> tuple[dict[str, int], dict[int, int]]:
     """:func:`_critical_path` over the compiled scheduler's arrays (``via``: producer
-    position, -1 the step start; ``cat``: category code into ``cat_names``)."""
+    position, -1 the step start; ``cat``: category code into ``cat_names``; ``op``: the
+    trace op index of each node), walked by :func:`pimsim.stepkernel.critical_path`."""
     out: dict[str, int] = {}
     by_op: dict[int, int] = {}
-    if not names:
+    if not len(end):
         out["wait"] = end_ps - start_ps
         return out, by_op
     last = int(end.max())
     cand = np.flatnonzero(end == last)
     node = int(cand[np.argmax(nrank[cand])])
-    t = end_ps
-    while node is not None:
-        r, s, e, d = int(ready[node]), int(start[node]), int(end[node]), int(delay[node])
-        c = cat_names[cat[node]]
-        out[c] = out.get(c, 0) + (min(e, t) - s)
-        op = _op_of(names[node])
-        by_op[op] = by_op.get(op, 0) + (min(e, t) - s)
-        out["wait"] = out.get("wait", 0) + (s - r) + (t - min(e, t))
-        if d:
-            out["transfer"] = out.get("transfer", 0) + d
-        t = r - d
-        v = int(via[node])
-        node = v if v >= 0 else None
-    out["wait"] = out.get("wait", 0) + (t - start_ps)
+    n_cat = len(cat_names)
+    n_op = int(op.max()) + 1
+    cat_sum = np.zeros(n_cat, dtype=np.int64)
+    cat_seen = np.zeros(n_cat, dtype=np.int64)
+    op_sum = np.zeros(n_op, dtype=np.int64)
+    op_seen = np.zeros(n_op, dtype=np.int64)
+    wait, transfer, has_transfer = sk.critical_path(ready, start, end, via, delay, cat, op, node,
+                                                    end_ps, start_ps, cat_sum, cat_seen, op_sum,
+                                                    op_seen)
+    for c in np.flatnonzero(cat_seen).tolist():
+        out[cat_names[c]] = out.get(cat_names[c], 0) + int(cat_sum[c])
+    out["wait"] = out.get("wait", 0) + int(wait)
+    if has_transfer:
+        out["transfer"] = out.get("transfer", 0) + int(transfer)
+    for o in np.flatnonzero(op_seen).tolist():
+        by_op[o] = int(op_sum[o])
     return out, by_op
 
 
