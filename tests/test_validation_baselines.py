@@ -47,10 +47,9 @@ def test_spec_estimates_are_ranges_above_the_bandwidth_bound():
 
 @pytest.mark.models
 def test_measured_peak_memory_is_this_measurements(tmp_path):
-    """peak_rss_bytes must not carry what the process held before (earlier, larger models of
-    the same run, or the parent that started it); the file says what the peak covers. Run
-    in a fresh process: the peak can never fall below what the process holds, and the test
-    process holds what earlier tests left resident."""
+    """peak_rss_bytes must not carry what the measuring run holds (earlier, larger models of
+    the same run, freed memory kept resident, or the parent that started it); the file says
+    what the peak covers. The run holds 3 GB while it measures, and its parent 3 GB more."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import json
@@ -65,8 +64,7 @@ def test_measured_peak_memory_is_this_measurements(tmp_path):
     code = (
         "import numpy as np\n"
         "from validation.measure import main\n"
-        "big = np.ones(3_000_000_000 // 8)  # 3 GB touched, then given back\n"
-        "del big\n"
+        "big = np.ones(3_000_000_000 // 8)  # 3 GB touched and held while it measures\n"
         "raise SystemExit(main(['--models', 'gpt2-small', '--precision', 'fp32', '--threads',"
         " '1', '--tokens', '2', '--warmup', '1', '--out', %r]))\n" % str(tmp_path))
     import numpy as np
@@ -78,7 +76,7 @@ def test_measured_peak_memory_is_this_measurements(tmp_path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads((tmp_path / "cpu-gpt2-small-fp32-t1.json").read_text())
     assert 0.5e9 < r["peak_rss_bytes"] < 2.5e9  # gpt2-small fp32 is 0.5 GB of weights
-    assert r["peak_rss_scope"].startswith("this measurement")
+    assert r["peak_rss_scope"].startswith("this measurement, in a process of its own")
 
 
 def test_xeon_model_uses_the_bandwidths_baselines_md_assumes():

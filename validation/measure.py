@@ -7,7 +7,9 @@ For each model, precision and thread count: the model is built from its registry
 with random weights (seeded; nothing downloaded), a prompt of random token ids is
 prefilled, then tokens are generated one at a time, greedily, with the KV cache. Each
 decode step is timed (wall clock, synchronised on CUDA); the first ``--warmup`` steps are
-dropped. One JSON file per measurement records the median, spread and every step time,
+dropped. Each model and precision is built and measured in a fresh process of its own, so
+that its peak memory holds nothing of the models before it (freed memory the allocator
+keeps resident) or of the process that started it. One JSON file per measurement records the median, spread and every step time,
 the energy where the machine exposes it (RAPL package energy on CPU; CUDA runs record no
 energy: NVML is not read), the peak host memory during the measurement, and the
 environment: CPU or GPU model, cores and threads, library versions, precision, KV cache
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -176,14 +180,29 @@ def measure_one(model, name: str, precision: str, threads: int, prompt: int, tok
         "min_s_per_token": min(steps), "max_s_per_token": max(steps),
         "prefill_s": prefill_s, "step_s": steps,
         "peak_rss_bytes": peak_rss(),
-        "peak_rss_scope": ("this measurement (model built and resident)" if peak_reset else
-                           "the whole process (earlier models of the run included)"),
+        "peak_rss_scope": ("this measurement, in a process of its own (the model built and "
+                           "resident, the libraries loaded)" if peak_reset else
+                           "its own process (the model built; the libraries loaded; at more "
+                           "than one thread count, the measurements before it included)"),
         "energy_J": None, "energy_source": None,
     }
     if e0 is not None and e1 is not None and e1 >= e0:
         result["energy_J"] = (e1 - e0) * 1e-6
         result["energy_source"] = f"RAPL package 0 over {wall:.3f} s (prefill and warm-up included)"
     return result
+
+
+def measure_model(name: str, precision: str, threads: list[int], prompt: int, tokens: int,
+                  warmup: int, device: str, compile_mode: str = "none") -> list[dict]:
+    """Build one model and measure it at each thread count (:func:`measure_one`); meant to
+    run in a process of its own."""
+    model = build(name, precision, device)
+    if compile_mode != "none":
+        import torch
+
+        model = torch.compile(model, mode=compile_mode, dynamic=True)
+    return [measure_one(model, name, precision, n, prompt, tokens, warmup, device,
+                        compile_mode=compile_mode) for n in threads]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,15 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     threads = sorted({os.cpu_count() if t == "all" else int(t) for t in args.threads.split(",")})
     if args.device == "cuda":
         threads = [1]
+    # one fresh process per model and precision (spawned: CUDA needs it, and nothing of
+    # this process is copied into it)
+    ctx = multiprocessing.get_context("spawn")
     for name in args.models.split(","):
         for precision in args.precision.split(","):
-            model = None  # let the previous model go before the next is built
-            model = build(name, precision, args.device)
-            if args.compile != "none":
-                model = torch.compile(model, mode=args.compile, dynamic=True)
-            for n in threads:
-                r = measure_one(model, name, precision, n, args.prompt, args.tokens, args.warmup,
-                                args.device, compile_mode=args.compile)
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                runs = pool.submit(measure_model, name, precision, threads, args.prompt,
+                                   args.tokens, args.warmup, args.device, args.compile).result()
+            for n, r in zip(threads, runs):
                 r["environment"] = env
                 tag = "" if args.compile == "none" else f"-compile-{args.compile}"
                 path = Path(args.out) / f"{args.device}-{name}-{precision}-t{n}{tag}.json"
