@@ -296,6 +296,48 @@ class ColumnStrategy(Strategy):
                             n_out=lin.out_features, in_offset=0, in_len=lin.in_features))]
 
 
+class SlicedStrategy(Strategy):
+    name = "sliced"
+    description = ("an input that is s whole global-buffer loads long, s dividing the channels, "
+                   "is split into s slices, one per group of channels, each holding its slice of "
+                   "every output (s partial sums per output, as many as rows hold); other "
+                   "inputs as pim-gpt")
+
+    @staticmethod
+    def groups(g: Geometry, k_cols: int) -> int:
+        """The number of slices: the most channel groups (a divisor of the channel count)
+        that cut the input into equal slices of whole loads; 1 keeps pim-gpt's layout."""
+        if k_cols % g.tile_cols:
+            return 1
+        loads = k_cols // g.tile_cols
+        return max(d for d in range(1, g.channels + 1)
+                   if g.channels % d == 0 and loads % d == 0)
+
+    def linear_regions(self, g: Geometry, lin: Linear) -> list[Region]:
+        kc = cols(lin.in_features, g.values_per_column)
+        p = self.groups(g, kc)
+        if p == 1:
+            return super().linear_regions(g, lin)
+        per = kc // p
+        width = g.channels // p                    # channels per group
+        units = width * g.banks
+        n = np.arange(lin.out_features, dtype=np.int64)
+        u = n % units
+        parts = []
+        for c in range(g.channels):
+            sel = u % width == c % width
+            bank, slot = u[sel] // width, n[sel] // units
+            slot_out = np.full((g.banks, int(slot.max()) + 1), -1, dtype=np.int64)
+            slot_out[bank, slot] = n[sel]
+            parts.append(ChannelPart(c, -1, linear_template(slot_out.shape[1], (c // width) * per,
+                                                            per, g.mac_columns, g.tile_cols, True),
+                                     slot_out))
+        return [Region(lin.weight, "linear", lin.layer, parts,
+                       dict(weight=lin.weight, in_features=lin.in_features,
+                            out_features=lin.out_features, layout=lin.layout, out_offset=0,
+                            n_out=lin.out_features, in_offset=0, in_len=lin.in_features))]
+
+
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Strategy, NaiveStrategy, ColumnStrategy)
+    cls.name: cls for cls in (Strategy, NaiveStrategy, ColumnStrategy, SlicedStrategy)
 }
