@@ -326,6 +326,8 @@ class SlicedStrategy(Strategy):
         parts = []
         for c in range(g.channels):
             sel = u % width == c % width
+            if not sel.any():                  # fewer outputs than the group's channels
+                continue
             bank, slot = u[sel] // width, n[sel] // units
             slot_out = np.full((g.banks, int(slot.max()) + 1), -1, dtype=np.int64)
             slot_out[bank, slot] = n[sel]

@@ -2,7 +2,7 @@
 # # Mapping strategies: row hits and latency
 #
 # The weight and KV-cache layouts of the mapping strategies (`pim-gpt`, `naive`,
-# `column`) compared on row-hit rate and latency per token.
+# `column`, `sliced`) compared on row-hit rate and latency per token.
 #
 # `PIMSIM_NOTEBOOK_SMALL=1` runs a reduced sweep (the test suite does);
 # `PIMSIM_NOTEBOOK_FIGURES=DIR` saves the figures as PNG files.
@@ -19,7 +19,7 @@ SMALL = os.environ.get("PIMSIM_NOTEBOOK_SMALL") == "1"
 FIGURES = os.environ.get("PIMSIM_NOTEBOOK_FIGURES")
 
 # %%
-strategies = ["pim-gpt", "naive", "column"]
+strategies = ["pim-gpt", "naive", "column", "sliced"]
 models = ["gpt2-small"] if SMALL else ["gpt2-small", "gpt2-medium", "gpt3-xl"]
 result = sweep({
     "name": "mapping-strategies", "preset": "pim-gpt", "models": models,

@@ -309,6 +309,26 @@ def test_sliced_strategy_gives_each_channel_group_one_load_of_the_input():
     assert _step_counts(s, fc1.index) == _step_counts(b, fc1.index)
 
 
+@pytest.mark.parametrize("n_out", [1, 3, 2048])
+def test_sliced_strategy_covers_every_output_input_column_once(n_out):
+    """A 2048-wide input (2 loads) on 8 channels: 2 groups of 4 channels; with fewer
+    outputs than a group's channels, the channels without one hold nothing."""
+    from mappings.strategies import Geometry, Linear, SlicedStrategy
+
+    g = Geometry(channels=8, banks=16, banks_per_bankgroup=4, rows=16384, columns=64,
+                 column_bytes=32, values_per_column=16, gb_slots=64)
+    (region,) = SlicedStrategy().linear_regions(g, Linear("w", 2048, n_out, "out_in", 0, "other", None))
+    assert len(region.parts) == 2 * min(n_out, 4)
+    seen = np.zeros((n_out, 128), dtype=np.int64)
+    for p in region.parts:
+        t = p.template
+        for slot, k0, n in zip(t.slot.tolist(), t.k0.tolist(), t.n.tolist()):
+            for o in p.slot_out[:, slot][p.slot_out[:, slot] >= 0].tolist():
+                seen[o, k0:k0 + n] += 1
+        assert t.k0.min() == (p.channel // 4) * 64 and (t.k0 + t.n).max() == (p.channel // 4 + 1) * 64
+    assert (seen == 1).all()
+
+
 # --------------------------------------------------------------------------- functional
 
 
