@@ -298,10 +298,10 @@ class ColumnStrategy(Strategy):
 
 class SlicedStrategy(Strategy):
     name = "sliced"
-    description = ("an input that is s whole global-buffer loads long, s dividing the channels, "
-                   "is split into s slices, one per group of channels, each holding its slice of "
-                   "every output (s partial sums per output, as many as rows hold); other "
-                   "inputs as pim-gpt")
+    description = ("an input that is s whole global-buffer loads long is cut into p slices (p "
+                   "the largest divisor of both s and the channel count), one per group of "
+                   "channels, each holding its slice of every output (p partial sums per "
+                   "output); other inputs as pim-gpt")
 
     @staticmethod
     def groups(g: Geometry, k_cols: int) -> int:

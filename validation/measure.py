@@ -9,11 +9,11 @@ prefilled, then tokens are generated one at a time, greedily, with the KV cache.
 decode step is timed (wall clock, synchronised on CUDA); the first ``--warmup`` steps are
 dropped. Each model and precision is built and measured in a fresh process of its own, so
 that its peak memory holds nothing of the models before it (freed memory the allocator
-keeps resident) or of the process that started it. One JSON file per measurement records the median, spread and every step time,
-the energy where the machine exposes it (RAPL package energy on CPU; CUDA runs record no
-energy: NVML is not read), the peak host memory during the measurement, and the
-environment: CPU or GPU model, cores and threads, library versions, precision, KV cache
-setting and the date.
+keeps resident) or of the process that started it. One JSON file per measurement records
+the median, spread and every step time, the energy where the machine exposes it (RAPL
+package energy on CPU; CUDA runs record no energy: NVML is not read), the peak host memory
+during the measurement, and the environment: CPU or GPU model, cores and threads, library
+versions, precision, KV cache setting and the date.
 """
 
 from __future__ import annotations
