@@ -290,10 +290,7 @@ class ColumnStrategy(Strategy):
             slot_out[n % g.banks, n // g.banks] = n
             parts.append(ChannelPart(c, -1, linear_template(m, lo, hi - lo, g.mac_columns,
                                                             g.tile_cols, True), slot_out))
-        return [Region(lin.weight, "linear", lin.layer, parts,
-                       dict(weight=lin.weight, in_features=lin.in_features,
-                            out_features=lin.out_features, layout=lin.layout, out_offset=0,
-                            n_out=lin.out_features, in_offset=0, in_len=lin.in_features))]
+        return [_whole_input_region(lin, parts)]
 
 
 class SlicedStrategy(Strategy):
@@ -321,23 +318,21 @@ class SlicedStrategy(Strategy):
         per = kc // p
         width = g.channels // p                    # channels per group
         units = width * g.banks
-        n = np.arange(lin.out_features, dtype=np.int64)
+        n = np.tile(np.arange(lin.out_features, dtype=np.int64), p)
+        j = np.repeat(np.arange(p, dtype=np.int64), lin.out_features)   # the slice
         u = n % units
-        parts = []
-        for c in range(g.channels):
-            sel = u % width == c % width
-            if not sel.any():                  # fewer outputs than the group's channels
-                continue
-            bank, slot = u[sel] // width, n[sel] // units
-            slot_out = np.full((g.banks, int(slot.max()) + 1), -1, dtype=np.int64)
-            slot_out[bank, slot] = n[sel]
-            parts.append(ChannelPart(c, -1, linear_template(slot_out.shape[1], (c // width) * per,
-                                                            per, g.mac_columns, g.tile_cols, True),
-                                     slot_out))
-        return [Region(lin.weight, "linear", lin.layer, parts,
-                       dict(weight=lin.weight, in_features=lin.in_features,
-                            out_features=lin.out_features, layout=lin.layout, out_offset=0,
-                            n_out=lin.out_features, in_offset=0, in_len=lin.in_features))]
+        parts = _parts(g, j * width + u % width, u // width, n // units, n,
+                       lambda c, m: linear_template(m, (c // width) * per, per, g.mac_columns,
+                                                    g.tile_cols, True))
+        return [_whole_input_region(lin, parts)]
+
+
+def _whole_input_region(lin: Linear, parts: list[ChannelPart]) -> Region:
+    """A matrix's region whose parts cover all its outputs and inputs."""
+    return Region(lin.weight, "linear", lin.layer, parts,
+                  dict(weight=lin.weight, in_features=lin.in_features,
+                       out_features=lin.out_features, layout=lin.layout, out_offset=0,
+                       n_out=lin.out_features, in_offset=0, in_len=lin.in_features))
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
